@@ -1,0 +1,8 @@
+"""featvis: watch what an image classifier learns while it trains."""
+
+from featvis.colour import ColourTransform
+from featvis.data import CIFARDataModule
+from featvis.model import ClassifierModule
+
+__all__ = ["CIFARDataModule", "ClassifierModule", "ColourTransform"]
+__version__ = "0.1.0"

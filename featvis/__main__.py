@@ -1,0 +1,3 @@
+from featvis.cli import main
+
+main()

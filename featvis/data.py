@@ -1,0 +1,376 @@
+"""CIFAR-10 as a LightningDataModule, served in a colour-decorrelated space.
+
+Each split is read once from the official python batches into a uint8 tensor; batches travel to the device as
+uint8 and are augmented (random crop with padding, horizontal flip), converted to float and mapped to model space
+there, in ``on_after_batch_transfer``, instead of per sample in DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import pickle
+import tarfile
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from featvis.colour import ColourTransform
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
+CIFAR10_FOLDER = "cifar-10-batches-py"
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+META_FILE = "batches.meta"
+NUM_CLASSES = 10
+IMAGE_SIZE = 32
+
+
+class CIFARFormatError(ValueError):
+    """A CIFAR-10 batch file is truncated, corrupt or not in the official python-batch format."""
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as handle:
+            content = pickle.load(handle, encoding="latin1")
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"CIFAR-10 batch file {path} is missing. Re-download the dataset (delete the folder "
+            f"{path.parent} and run with download=True) or point data_dir at a complete copy."
+        ) from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, zlib.error) as err:
+        raise CIFARFormatError(
+            f"CIFAR-10 batch file {path} is truncated or corrupt ({type(err).__name__}: {err}). "
+            f"Replace it with an intact copy, or delete {path.parent} and download again."
+        ) from err
+    if not isinstance(content, dict):
+        raise CIFARFormatError(
+            f"CIFAR-10 batch file {path} holds a {type(content).__name__}, expected a dict."
+        )
+    return content
+
+
+def read_batch(path: str | Path) -> tuple[Tensor, Tensor]:
+    """Read one official CIFAR-10 python batch.
+
+    Args:
+        path: a batch file such as ``data_batch_1`` or ``test_batch``.
+
+    Returns:
+        Images as a ``(N, 3, 32, 32)`` uint8 tensor and labels as a ``(N,)`` int64 tensor.
+
+    Raises:
+        CIFARFormatError: the file cannot be unpickled, lacks ``data``/``labels``, or has wrong shapes.
+        ValueError: a label lies outside 0..9 (CIFARFormatError is a ValueError).
+    """
+    import numpy as np
+
+    path = Path(path)
+    content = _unpickle(path)
+    if "data" not in content or "labels" not in content:
+        raise CIFARFormatError(f"{path} lacks the 'data' and 'labels' entries of a CIFAR-10 batch.")
+    data = np.asarray(content["data"])
+    labels = np.asarray(content["labels"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * IMAGE_SIZE * IMAGE_SIZE:
+        raise CIFARFormatError(
+            f"{path}: 'data' must be an (N, 3072) uint8 array (R, G, B planes of 32x32 images), "
+            f"got {data.dtype} with shape {data.shape}."
+        )
+    if labels.ndim != 1 or labels.shape[0] != data.shape[0]:
+        raise CIFARFormatError(f"{path}: {data.shape[0]} images but labels of shape {labels.shape}.")
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        bad = labels[(labels < 0) | (labels >= NUM_CLASSES)][0]
+        raise CIFARFormatError(f"{path}: label {int(bad)} is outside 0..{NUM_CLASSES - 1}.")
+    images = torch.from_numpy(data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE).copy())
+    return images, torch.from_numpy(labels.astype(np.int64))
+
+
+def read_split(folder: str | Path, train: bool) -> tuple[Tensor, Tensor]:
+    """Read the training (5 batches) or test split of a ``cifar-10-batches-py`` folder into single tensors.
+
+    Args:
+        folder: the ``cifar-10-batches-py`` folder.
+        train: the training split if True, else the test split.
+    """
+    names = TRAIN_BATCHES if train else (TEST_BATCH,)
+    parts = [read_batch(Path(folder) / name) for name in names]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def read_class_names(folder: str | Path) -> list[str]:
+    """Class names from ``batches.meta``, in label order."""
+    path = Path(folder) / META_FILE
+    meta = _unpickle(path)
+    names = meta.get("label_names")
+    if not isinstance(names, list) or len(names) != NUM_CLASSES:
+        raise CIFARFormatError(f"{path}: 'label_names' must list {NUM_CLASSES} class names, got {names!r}.")
+    return [str(n) for n in names]
+
+
+def random_crop_flip(
+    images: Tensor, padding: int, flip: bool, generator: torch.Generator | None = None
+) -> Tensor:
+    """Batched random crop (reflect padding) and horizontal flip, one draw per image.
+
+    Args:
+        images: ``(N, C, H, W)`` float images.
+        padding: pixels of reflect padding before cropping back to ``H x W``; 0 disables the crop.
+        flip: whether to flip a random half of the images horizontally.
+        generator: random source on the images' device; None uses the global one.
+    """
+    n, _, height, width = images.shape
+    device = images.device
+    if padding > 0:
+        padded = torch.nn.functional.pad(images, (padding,) * 4, mode="reflect")
+        dy = torch.randint(0, 2 * padding + 1, (n, 1, 1), device=device, generator=generator)
+        dx = torch.randint(0, 2 * padding + 1, (n, 1, 1), device=device, generator=generator)
+        rows = torch.arange(height, device=device).view(1, height, 1) + dy
+        cols = torch.arange(width, device=device).view(1, 1, width) + dx
+        batch_index = torch.arange(n, device=device).view(n, 1, 1)
+        # Advanced indexing gathers every image's own window at once: (N, H, W, C).
+        images = padded.permute(0, 2, 3, 1)[batch_index, rows, cols].permute(0, 3, 1, 2)
+    if flip:
+        flipped = torch.rand(n, device=device, generator=generator) < 0.5
+        images = torch.where(flipped.view(n, 1, 1, 1), images.flip(3), images)
+    return images.contiguous()
+
+
+class _TensorBatches(Dataset):
+    """Indexed by a list of indices, returns a whole batch at once (no per-sample collation)."""
+
+    def __init__(self, images: Tensor, labels: Tensor) -> None:
+        self.images = images
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def __getitem__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        index = torch.as_tensor(indices)
+        return self.images[index], self.labels[index]
+
+
+class _BatchIndices(Sampler[list[int]]):
+    def __init__(self, size: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int) -> None:
+        self.size, self.batch_size, self.shuffle, self.drop_last, self.seed = (
+            size,
+            batch_size,
+            shuffle,
+            drop_last,
+            seed,
+        )
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.shuffle:
+            # A private generator seeded per epoch: the order is reproducible and independent of global RNG use.
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.size, generator=generator)
+            self.epoch += 1
+        else:
+            order = torch.arange(self.size)
+        stop = self.size - self.size % self.batch_size if self.drop_last else self.size
+        for start in range(0, stop, self.batch_size):
+            yield order[start : start + self.batch_size].tolist()
+
+    def __len__(self) -> int:
+        return self.size // self.batch_size if self.drop_last else -(-self.size // self.batch_size)
+
+
+class CIFARDataModule(L.LightningDataModule):
+    """CIFAR-10 from the official python batches, augmented on the device, in a decorrelated colour space.
+
+    Args:
+        data_dir: folder that holds (or will hold) ``cifar-10-batches-py``.
+        batch_size: training batch size.
+        eval_batch_size: batch size for validation, test and predict.
+        download: download and extract the official archive into ``data_dir`` when the folder is missing.
+        decorrelate: map colours with Cholesky whitening fitted on the training pixels (identity colour
+            covariance); if False, plain per-channel mean/std normalisation.
+        val_size: number of training images held out for validation; 0 validates on the 10,000-image test split.
+        crop_padding: reflect padding of the random-crop augmentation, in pixels (0 disables it).
+        flip: random horizontal flips during training.
+        seed: seed of the shuffling order and of the held-out split.
+        num_workers: DataLoader worker processes; batches are slices of in-memory tensors, so 0 is usually fastest.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 512,
+        eval_batch_size: int = 1000,
+        download: bool = True,
+        decorrelate: bool = True,
+        val_size: int = 0,
+        crop_padding: int = 4,
+        flip: bool = True,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, value, minimum in (
+            ("batch_size", batch_size, 1),
+            ("eval_batch_size", eval_batch_size, 1),
+            ("val_size", val_size, 0),
+            ("crop_padding", crop_padding, 0),
+            ("num_workers", num_workers, 0),
+        ):
+            if not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+        self.save_hyperparameters()
+        self.data_dir = Path(data_dir)
+        self.classes: list[str] = []
+        self.colour: ColourTransform | None = None
+        self._splits: dict[str, tuple[Tensor, Tensor]] = {}
+
+    @property
+    def folder(self) -> Path:
+        """The ``cifar-10-batches-py`` folder."""
+        return self.data_dir / CIFAR10_FOLDER
+
+    @property
+    def image_size(self) -> int:
+        """Side length of the images, in pixels."""
+        return IMAGE_SIZE
+
+    @property
+    def num_classes(self) -> int:
+        return NUM_CLASSES
+
+    def prepare_data(self) -> None:
+        """Download and extract the official archive if the folder is missing and ``download`` is set."""
+        if self.folder.is_dir():
+            return
+        if not self.hparams.download:
+            raise FileNotFoundError(
+                f"CIFAR-10 folder {self.folder} not found. Either set download=True "
+                f"(--data.download true) to fetch it from {CIFAR10_URL}, or set data_dir "
+                f"(--data.data_dir) to the folder that contains {CIFAR10_FOLDER}."
+            )
+        download_cifar10(self.data_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load each split once into uint8 tensors and fit the colour transform on the training pixels."""
+        if self._splits:
+            return
+        if not self.folder.is_dir():
+            self.prepare_data()
+        self.classes = read_class_names(self.folder)
+        train_images, train_labels = read_split(self.folder, train=True)
+        test = read_split(self.folder, train=False)
+        val_size = self.hparams.val_size
+        if val_size >= train_images.shape[0]:
+            raise ValueError(
+                f"val_size={val_size} leaves no training images (the split has {train_images.shape[0]})."
+            )
+        if val_size:
+            order = torch.randperm(
+                train_images.shape[0], generator=torch.Generator().manual_seed(self.hparams.seed)
+            )
+            held, kept = order[:val_size], order[val_size:]
+            self._splits["val"] = (train_images[held], train_labels[held])
+            train_images, train_labels = train_images[kept], train_labels[kept]
+        else:
+            self._splits["val"] = test
+        self._splits["train"] = (train_images, train_labels)
+        self._splits["test"] = test
+        if self.hparams.decorrelate:
+            self.colour = ColourTransform.from_pixels(train_images)
+        else:
+            as_float = train_images.float().div_(255)
+            self.colour = ColourTransform.from_normalisation(
+                as_float.mean(dim=(0, 2, 3)).tolist(), as_float.std(dim=(0, 2, 3)).tolist()
+            )
+
+    def split(self, name: str) -> tuple[Tensor, Tensor]:
+        """The uint8 images and labels of ``"train"``, ``"val"`` or ``"test"`` (after ``setup``)."""
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {name!r}; choose 'train', 'val' or 'test'.")
+        if not self._splits:
+            self.setup()
+        return self._splits[name]
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        images, labels = self.split(name)
+        batch_size = self.hparams.batch_size if shuffle else self.hparams.eval_batch_size
+        sampler = _BatchIndices(len(labels), batch_size, shuffle, drop_last=shuffle, seed=self.hparams.seed)
+        return DataLoader(
+            _TensorBatches(images, labels),
+            sampler=sampler,
+            batch_size=None,
+            num_workers=self.hparams.num_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def to_model_space(self, images: Tensor) -> Tensor:
+        """Map uint8 (0..255) or float RGB in [0, 1] images to the model's input space."""
+        if self.colour is None:
+            self.setup()
+        if images.dtype == torch.uint8:
+            images = images.float().div_(255)
+        colour = self.colour.to(images.device)
+        return colour.to_model(images)
+
+    def to_rgb(self, model_space: Tensor) -> Tensor:
+        """Map model-space images back to RGB in [0, 1] units (not clipped)."""
+        if self.colour is None:
+            self.setup()
+        return self.colour.to(model_space.device).to_rgb(model_space)
+
+    def on_after_batch_transfer(self, batch: Sequence[Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        images, labels = batch
+        images = images.float().div_(255)
+        trainer = self.trainer
+        if trainer is not None and trainer.training:
+            images = random_crop_flip(images, self.hparams.crop_padding, self.hparams.flip)
+        images = self.to_model_space(images).contiguous(memory_format=torch.channels_last)
+        return images, labels
+
+
+def download_cifar10(data_dir: str | Path, url: str | None = None, md5: str | None = None) -> Path:
+    """Download the official CIFAR-10 python archive, verify its md5 and extract it into ``data_dir``.
+
+    Args:
+        data_dir: destination folder; the archive and ``cifar-10-batches-py`` are written there.
+        url: archive address (default: the official one).
+        md5: expected md5 of the archive (default: the official one).
+
+    Returns:
+        The extracted ``cifar-10-batches-py`` folder.
+    """
+    from torchvision.datasets.utils import check_integrity, download_url
+
+    data_dir = Path(data_dir)
+    url = url or CIFAR10_URL
+    md5 = md5 or CIFAR10_MD5
+    data_dir.mkdir(parents=True, exist_ok=True)
+    archive = data_dir / CIFAR10_ARCHIVE
+    if not check_integrity(str(archive), md5):
+        download_url(url, str(data_dir), filename=CIFAR10_ARCHIVE, md5=md5)
+    if not check_integrity(str(archive), md5):
+        raise CIFARFormatError(
+            f"downloaded archive {archive} does not match md5 {md5}; delete it and try again."
+        )
+    with tarfile.open(archive, "r:gz") as tar:
+        members = [m for m in tar.getmembers() if m.name.startswith(CIFAR10_FOLDER + "/") and m.isfile()]
+        if not members:
+            raise CIFARFormatError(f"archive {archive} holds no {CIFAR10_FOLDER}/ folder.")
+        tar.extractall(data_dir, members=members, filter="data")
+    return data_dir / CIFAR10_FOLDER
