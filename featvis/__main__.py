@@ -1,3 +1,3 @@
-from featvis.cli import main
+from featvis.cli import console_main
 
-main()
+console_main()

@@ -32,5 +32,10 @@ def main(args: Sequence[str] | None = None) -> FeatvisCLI | None:
     )
 
 
-if __name__ == "__main__":
+def console_main() -> None:
+    """Entry point of the ``featvis`` console script (exit status 0 on success)."""
     main()
+
+
+if __name__ == "__main__":
+    console_main()
