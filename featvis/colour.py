@@ -71,7 +71,13 @@ class ColourTransform(nn.Module):
             outer += chunk @ chunk.T
         mean = total / count
         cov = outer / count - np.outer(mean, mean)
-        upper = scipy.linalg.cholesky(np.linalg.inv(cov), lower=False)
+        try:
+            upper = scipy.linalg.cholesky(np.linalg.inv(cov), lower=False)
+        except np.linalg.LinAlgError as err:
+            raise ValueError(
+                f"the pixels' colour covariance is singular or not positive definite ({err}), e.g. greyscale "
+                "or constant images; such colours cannot be whitened (use mean/std normalisation instead)."
+            ) from err
         return cls(torch.from_numpy(mean), torch.from_numpy(upper.T.copy()))
 
     @classmethod
@@ -93,13 +99,19 @@ class ColourTransform(nn.Module):
         return cls(torch.zeros(3), torch.eye(3))
 
     @staticmethod
-    def _map_channels(images: Tensor, matrix: Tensor) -> Tensor:
+    def _check_shape(images: Tensor) -> None:
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(images.shape)}.")
+
+    @classmethod
+    def _map_channels(cls, images: Tensor, matrix: Tensor) -> Tensor:
+        cls._check_shape(images)
         return torch.einsum("nchw,cd->ndhw", images, matrix.to(images.dtype))
 
     def to_model(self, rgb: Tensor) -> Tensor:
         """Map RGB images in [0, 1], shape ``(N, 3, H, W)``, to model space."""
+        # Check before subtracting the mean: broadcasting would turn a (3, H, W) image into (1, 3, H, W).
+        self._check_shape(rgb)
         return self._map_channels(rgb - self.mean.to(rgb.dtype).view(1, 3, 1, 1), self.matrix)
 
     def to_rgb(self, model_space: Tensor) -> Tensor:

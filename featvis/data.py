@@ -363,7 +363,15 @@ def download_cifar10(data_dir: str | Path, url: str | None = None, md5: str | No
     data_dir.mkdir(parents=True, exist_ok=True)
     archive = data_dir / CIFAR10_ARCHIVE
     if not check_integrity(str(archive), md5):
-        download_url(url, str(data_dir), filename=CIFAR10_ARCHIVE, md5=md5)
+        try:
+            download_url(url, str(data_dir), filename=CIFAR10_ARCHIVE, md5=md5)
+        except RuntimeError as err:
+            if isinstance(err, RecursionError):  # too many redirects
+                raise
+            # torchvision's own message ("File not found or corrupted.") names neither the file nor the md5.
+            raise CIFARFormatError(
+                f"archive {archive} downloaded from {url} does not match md5 {md5}; delete it and try again."
+            ) from err
     if not check_integrity(str(archive), md5):
         raise CIFARFormatError(
             f"downloaded archive {archive} does not match md5 {md5}; delete it and try again."

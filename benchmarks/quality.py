@@ -1,0 +1,331 @@
+"""Quality of feature visualisations, scored by reference classifiers that featvis never optimised against.
+
+Three modes::
+
+    # Train the reference classifiers (heavy: run under the CPU lock; about 5 minutes each on two cores).
+    flock /tmp/featvis-cpu.lock python benchmarks/quality.py train --data-dir /work/shared/cifar10
+
+    # Score a folder of PNGs laid out DIR/<class name>/<i>.png (32x32 RGB), e.g. written by `featvis render`.
+    python benchmarks/quality.py score --pngs DIR --refs /work/runs/ref/*.pt --data-dir /work/shared/cifar10
+
+    # Calibration: score real test images (and uniform noise) the same way.
+    python benchmarks/quality.py score-real --refs /work/runs/ref/*.pt --data-dir /work/shared/cifar10
+
+``score`` reports, per reference model and averaged: transfer accuracy (fraction classified as the folder's
+class), plausibility (nearest-real-neighbour distance in the reference model's penultimate features, relative to
+real images; 1.0 for real images) and the spectral gap to the test set (0.02 for 40 real images, 1.0 for uniform
+noise). With ``--ckpt`` it also reports the robustness and feature diversity of the images under the featvis
+classifier they were rendered from. ``--json OUT`` writes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+if __package__ in (None, ""):
+    # Run as a script: make the repository root (for `benchmarks.` imports) importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.reference_models import ARCHITECTURES, cifar_folder, load_reference, train_reference  # noqa: E402
+from featvis.data import read_class_names, read_split  # noqa: E402
+from featvis.engine.metrics import (  # noqa: E402
+    feature_diversity,
+    penultimate_features,
+    plausibility_from_features,
+    robustness,
+    spectral_gap,
+    transfer_accuracy,
+)
+from featvis.images import load_png, safe_name, write_image_folder  # noqa: E402
+
+DEFAULT_REF_DIR = Path("/work/runs/ref")
+
+
+def load_png_folder(folder: str | Path, class_names: list[str]) -> tuple[Tensor, Tensor, list[str]]:
+    """Read ``folder/<class name>/<i>.png`` images.
+
+    Args:
+        folder: the image folder; every subfolder must be named after a class (as ``featvis.images.safe_name``
+            spells it).
+        class_names: class names in label order.
+
+    Returns:
+        RGB images ``(N, 3, H, W)`` in [0, 1], their class indices ``(N,)`` and their paths (as strings).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"image folder {folder} does not exist; pass the folder that `featvis render` wrote."
+        )
+    index_of = {safe_name(name): index for index, name in enumerate(class_names)}
+    images, targets, paths = [], [], []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if sub.name not in index_of:
+            raise ValueError(
+                f"folder {sub} is not named after a class; expected one of {sorted(index_of)} "
+                "(class names from batches.meta)."
+            )
+        files = sorted(sub.glob("*.png"), key=lambda p: (len(p.stem), p.stem))
+        for path in files:
+            image = load_png(path)
+            if images and image.shape != images[0].shape:
+                raise ValueError(
+                    f"{path} is {tuple(image.shape[1:])} pixels but {paths[0]} is {tuple(images[0].shape[1:])}; "
+                    "all images must have the same size (32x32 for CIFAR-10)."
+                )
+            images.append(image)
+            targets.append(index_of[sub.name])
+            paths.append(str(path))
+    if not images:
+        raise ValueError(f"no PNG images found under {folder}/<class name>/*.png.")
+    return torch.stack(images), torch.tensor(targets, dtype=torch.long), paths
+
+
+def _load_refs(paths: list[str]) -> list[tuple[str, nn.Module, dict]]:
+    if not paths:
+        raise ValueError(
+            f"no reference models given; train them with `quality.py train` (they go to {DEFAULT_REF_DIR}) "
+            "and pass --refs /work/runs/ref/*.pt."
+        )
+    refs = []
+    for path in paths:
+        model, info = load_reference(path)
+        refs.append((Path(path).stem, model, info))
+    return refs
+
+
+def score_images(
+    images: Tensor,
+    targets: Tensor,
+    refs: list[tuple[str, nn.Module, dict]],
+    real_images: Tensor,
+    real_labels: Tensor,
+    k: int = 10,
+    classifier: nn.Module | None = None,
+    real_features: dict[str, Tensor] | None = None,
+) -> dict:
+    """All quality numbers of a set of visualisations.
+
+    Args:
+        images: RGB images in [0, 1], ``(N, 3, 32, 32)``.
+        targets: intended class of each image.
+        refs: ``(name, model, info)`` reference classifiers (RGB input).
+        real_images: real test images, RGB in [0, 1], for the spectral gap and plausibility.
+        real_labels: their classes.
+        k: nearest neighbours of the plausibility.
+        classifier: optional featvis ``ClassifierModule`` the images were rendered from, for robustness and
+            diversity (in its own colour space and penultimate features).
+        real_features: cache of the real images' penultimate features per reference name; filled in when
+            missing, so scoring several image sets against the same real images computes them once.
+
+    Returns:
+        ``{"images", "transfer": {name: acc, ..., "mean"}, "plausibility": {...}, "spectral_gap",
+        "reference_test_accuracy": {name: acc}}`` plus ``"robustness"`` and ``"diversity"`` with a classifier.
+    """
+    transfer = transfer_accuracy([model for _, model, _ in refs], images, targets)
+    result: dict = {
+        "images": int(images.shape[0]),
+        "transfer": {name: acc for (name, _, _), acc in zip(refs, transfer.per_model, strict=True)},
+        "plausibility": {},
+        "spectral_gap": spectral_gap(images, real_images),
+        "reference_test_accuracy": {name: float(info["test_accuracy"]) for name, _, info in refs},
+    }
+    result["transfer"]["mean"] = transfer.mean
+    cache = {} if real_features is None else real_features
+    for name, model, _ in refs:
+        if name not in cache:
+            cache[name] = penultimate_features(model, real_images)
+        vis_features = penultimate_features(model, images)
+        result["plausibility"][name] = plausibility_from_features(
+            vis_features, targets, cache[name], real_labels, k
+        )
+    values = list(result["plausibility"].values())
+    result["plausibility"]["mean"] = sum(values) / len(values)
+    if classifier is not None:
+        to_model = classifier.colour.to_model
+        result["robustness"] = robustness(classifier.net, images, targets, preprocess=to_model)
+        features = penultimate_features(classifier.net, images, preprocess=to_model)
+        counts = torch.bincount(targets)
+        result["diversity"] = (
+            feature_diversity(features, targets) if bool((counts >= 2).any()) else float("nan")
+        )
+    return result
+
+
+def format_table(result: dict, title: str) -> str:
+    """The numbers of :func:`score_images` as a plain-text table, one row per reference model."""
+    names = [name for name in result["transfer"] if name != "mean"]
+    width = max([len("mean"), *map(len, names)]) + 2
+    lines = [
+        f"{title} ({result['images']} images)",
+        f"{'reference model':<{width}}{'test acc':>10}{'transfer':>10}{'plausib.':>10}",
+    ]
+    for name in names:
+        lines.append(
+            f"{name:<{width}}{result['reference_test_accuracy'][name]:>10.3f}"
+            f"{result['transfer'][name]:>10.3f}{result['plausibility'][name]:>10.3f}"
+        )
+    lines.append(
+        f"{'mean':<{width}}{'':>10}{result['transfer']['mean']:>10.3f}{result['plausibility']['mean']:>10.3f}"
+    )
+    lines.append(f"spectral gap vs test set: {result['spectral_gap']:.3f}")
+    if "robustness" in result:
+        lines.append(f"robustness (featvis classifier): {result['robustness']:.3f}")
+        lines.append(f"diversity (featvis classifier):  {result['diversity']:.3f}")
+    return "\n".join(lines)
+
+
+def _real_test_set(data_dir: str) -> tuple[Tensor, Tensor, list[str]]:
+    folder = cifar_folder(data_dir)
+    images, labels = read_split(folder, train=False)
+    return images.float().div_(255), labels, read_class_names(folder)
+
+
+def _sample_per_class(labels: Tensor, per_class: int, seed: int) -> Tensor:
+    """Indices of ``per_class`` random images of each class, class-major."""
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for label in range(int(labels.max()) + 1):
+        members = torch.nonzero(labels == label).flatten()
+        if members.numel() < per_class:
+            raise ValueError(f"class {label} has only {members.numel()} test images; lower --per-class.")
+        chosen.append(members[torch.randperm(members.numel(), generator=generator)[:per_class]])
+    return torch.stack(chosen)
+
+
+def _write_json(result: dict, path: str | None) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        print(f"wrote {path}")
+
+
+def _cmd_train(args: argparse.Namespace) -> dict:
+    if len(args.archs) != len(args.seeds):
+        raise ValueError(
+            f"--archs has {len(args.archs)} entries but --seeds {len(args.seeds)}; give one seed per architecture."
+        )
+    summary = {}
+    for arch, seed in zip(args.archs, args.seeds, strict=True):
+        out = Path(args.out_dir) / f"{arch}_seed{seed}.pt"
+        record = train_reference(arch, seed, args.data_dir, args.epochs, out, lr=args.lr)
+        summary[out.stem] = {
+            "test_accuracy": record["test_accuracy"],
+            "train_seconds": record["train_seconds"],
+        }
+        print(f"saved {out}: test accuracy {record['test_accuracy']:.4f}, {record['train_seconds']:.0f} s")
+    _write_json(summary, args.json)
+    return summary
+
+
+def _cmd_score(args: argparse.Namespace) -> dict:
+    real_images, real_labels, class_names = _real_test_set(args.data_dir)
+    images, targets, _ = load_png_folder(args.pngs, class_names)
+    classifier = None
+    if args.ckpt:
+        from featvis.model import load_classifier
+
+        classifier = load_classifier(args.ckpt)
+    result = score_images(
+        images, targets, _load_refs(args.refs), real_images, real_labels, args.k, classifier
+    )
+    print(format_table(result, f"visualisations in {args.pngs}"))
+    _write_json(result, args.json)
+    return result
+
+
+def _cmd_score_real(args: argparse.Namespace) -> dict:
+    real_images, real_labels, class_names = _real_test_set(args.data_dir)
+    refs = _load_refs(args.refs)
+    chosen = _sample_per_class(real_labels, args.per_class, args.seed)  # (classes, per_class)
+    # The sampled images leave the reference set, so each is compared with other real images only.
+    keep = torch.ones(real_labels.shape[0], dtype=torch.bool)
+    keep[chosen.flatten()] = False
+    rest_images, rest_labels = real_images[keep], real_labels[keep]
+    noise = torch.rand(chosen.numel(), 3, 32, 32, generator=torch.Generator().manual_seed(args.seed + 1))
+    results, cache = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind, rgb in (
+            ("real", real_images[chosen]),
+            ("uniform_noise", noise.view(*chosen.shape, 3, 32, 32)),
+        ):
+            # Round-trip through PNG files exactly as `score` reads rendered visualisations.
+            folder = Path(tmp) / kind
+            write_image_folder(rgb, class_names, folder)
+            images, targets, _ = load_png_folder(folder, class_names)
+            results[kind] = score_images(
+                images, targets, refs, rest_images, rest_labels, args.k, real_features=cache
+            )
+            print(format_table(results[kind], f"{kind} ({args.per_class} per class, seed {args.seed})"))
+            print()
+    _write_json(results, args.json)
+    return results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train the reference classifiers")
+    train.add_argument(
+        "--data-dir", default="/work/shared/cifar10", help="folder containing cifar-10-batches-py"
+    )
+    train.add_argument(
+        "--archs", nargs="+", default=["preact_resnet", "vgg_avg"], choices=sorted(ARCHITECTURES)
+    )
+    train.add_argument("--seeds", nargs="+", type=int, default=[1, 2], help="one seed per architecture")
+    train.add_argument("--epochs", type=int, default=5)
+    train.add_argument("--lr", type=float, default=0.4)
+    train.add_argument("--out-dir", default=str(DEFAULT_REF_DIR))
+    train.add_argument("--json", help="write test accuracies and training times here")
+    for name, helptext in (("score", "score a folder of PNG visualisations"), ("score-real", "calibration")):
+        cmd = sub.add_parser(name, help=helptext)
+        cmd.add_argument("--refs", nargs="+", default=[], help="reference model .pt files")
+        cmd.add_argument(
+            "--data-dir", default="/work/shared/cifar10", help="folder containing cifar-10-batches-py"
+        )
+        cmd.add_argument("--k", type=int, default=10, help="nearest neighbours of the plausibility")
+        cmd.add_argument("--json", help="write the numbers here")
+        if name == "score":
+            cmd.add_argument("--pngs", required=True, help="folder laid out <class name>/<i>.png")
+            cmd.add_argument(
+                "--ckpt", help="featvis checkpoint the images came from (adds robustness, diversity)"
+            )
+        else:
+            cmd.add_argument("--per-class", type=int, default=4, help="real test images per class")
+            cmd.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the command-line interface.
+
+    Args:
+        argv: arguments; None reads ``sys.argv``.
+
+    Returns:
+        The numbers the command printed.
+    """
+    args = build_parser().parse_args(argv)
+    start = time.perf_counter()
+    command = {"train": _cmd_train, "score": _cmd_score, "score-real": _cmd_score_real}[args.command]
+    result = command(args)
+    print(f"({args.command} took {time.perf_counter() - start:.0f} s)")
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

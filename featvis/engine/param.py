@@ -1,0 +1,293 @@
+"""Image parameterisations: what the optimiser changes, and how it becomes an RGB image and a model input.
+
+An image is produced in three stages:
+
+1. An :class:`ImageParam` (:class:`FourierImage` or :class:`PixelImage`) holds the optimised leaf tensor and
+   turns it into an image ``z`` in a *decorrelated colour basis*.
+2. :class:`ColourSquash` maps ``z`` to RGB in (0, 1): multiply by the colour correlation (the inverse of the data's
+   whitening matrix ``W``), add the logit of the data's mean colour and apply a sigmoid. The gain is chosen so
+   that, near the mean colour, ``z`` equals the model-space image to first order; the sigmoid then keeps every
+   colour inside the RGB cube, so nothing has to be clipped at display time.
+3. The renderer applies its random transforms to the RGB images, then ``colour.to_model(rgb)`` gives exactly the
+   kind of input the classifier was trained on.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from featvis.colour import ColourTransform
+
+Parameterisation = Literal["fourier", "pixel"]
+
+# Keeps logit(mean) finite for data whose mean colour is near black or white.
+_MEAN_CLAMP = 0.02
+
+
+def fourier_frequencies(height: int, width: int, device: torch.device | str | None = None) -> Tensor:
+    """Radial frequency, in cycles per pixel, of each entry of an ``rfft2`` spectrum of an image.
+
+    Args:
+        height: image height in pixels.
+        width: image width in pixels.
+        device: device of the returned tensor.
+
+    Returns:
+        A ``(height, width // 2 + 1)`` float32 tensor.
+    """
+    fy = torch.fft.fftfreq(height, device=device).view(-1, 1)
+    fx = torch.fft.rfftfreq(width, device=device).view(1, -1)
+    return torch.sqrt(fy * fy + fx * fx)
+
+
+def fourier_scale(
+    height: int, width: int, decay: float = 1.0, device: torch.device | str | None = None
+) -> Tensor:
+    """Per-frequency scale ``1 / max(f, 1 / size) ** decay`` of a Fourier image (``size = max(height, width)``).
+
+    Multiplying a white spectrum by it gives the ``1 / f ** decay`` amplitude spectrum of natural images; the
+    floor at ``1 / size`` keeps the DC term finite.
+
+    Args:
+        height: image height in pixels.
+        width: image width in pixels.
+        decay: exponent of the fall-off; 0 gives a flat (white) spectrum.
+        device: device of the returned tensor.
+
+    Returns:
+        A ``(height, width // 2 + 1)`` float32 tensor in the ``rfft2`` layout.
+    """
+    _check_size(height, width)
+    if not math.isfinite(decay) or decay < 0:
+        raise ValueError(f"decay must be a finite number >= 0, got {decay}.")
+    freqs = fourier_frequencies(height, width, device)
+    return 1.0 / freqs.clamp(min=1.0 / max(height, width)) ** decay
+
+
+def _check_size(height: int, width: int) -> None:
+    for name, value in (("height", height), ("width", width)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"image {name} must be a positive integer, got {value!r}.")
+
+
+class ImageParam(ABC):
+    """A batch of images described by one optimisable leaf tensor, :attr:`parameter`."""
+
+    parameter: Tensor
+    height: int
+    width: int
+
+    @abstractmethod
+    def image(self) -> Tensor:
+        """The images in the decorrelated colour basis, ``(N, 3, H, W)``, differentiable in :attr:`parameter`."""
+
+    @abstractmethod
+    def split(self, sizes: Sequence[int]) -> list[ImageParam]:
+        """Independent parameterisations of consecutive groups of images (new leaves, copied values)."""
+
+    def __len__(self) -> int:
+        return self.parameter.shape[0]
+
+    @staticmethod
+    def _split_leaf(parameter: Tensor, sizes: Sequence[int]) -> list[Tensor]:
+        if sum(sizes) != parameter.shape[0] or any(s < 1 for s in sizes):
+            raise ValueError(f"sizes {list(sizes)} must be positive and add up to {parameter.shape[0]}.")
+        return [part.detach().clone().requires_grad_(True) for part in parameter.split(list(sizes))]
+
+
+class PixelImage(ImageParam):
+    """Every pixel of every image is a free parameter (the plain baseline).
+
+    Args:
+        batch: number of images.
+        height: image height in pixels.
+        width: image width in pixels.
+        init_std: standard deviation of the random start.
+        generator: random source of the start (its device is the parameter's device).
+        dtype: floating dtype of the parameter.
+    """
+
+    def __init__(
+        self,
+        batch: int,
+        height: int,
+        width: int,
+        init_std: float = 0.01,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        _check_size(height, width)
+        _check_batch_and_std(batch, init_std)
+        device = generator.device if generator is not None else None
+        start = torch.randn(batch, 3, height, width, generator=generator, device=device, dtype=dtype)
+        self.height, self.width = height, width
+        self.parameter = (start * init_std).requires_grad_(True)
+
+    @classmethod
+    def from_parameter(cls, parameter: Tensor) -> PixelImage:
+        """Wrap an existing ``(N, 3, H, W)`` leaf tensor."""
+        if parameter.ndim != 4 or parameter.shape[1] != 3:
+            raise ValueError(f"a pixel parameter has shape (N, 3, H, W), got {tuple(parameter.shape)}.")
+        self = cls.__new__(cls)
+        self.height, self.width = parameter.shape[-2:]
+        self.parameter = parameter
+        return self
+
+    def image(self) -> Tensor:
+        return self.parameter
+
+    def split(self, sizes: Sequence[int]) -> list[ImageParam]:
+        return [PixelImage.from_parameter(part) for part in self._split_leaf(self.parameter, sizes)]
+
+
+class FourierImage(ImageParam):
+    """Images whose ``rfft2`` spectrum is the parameter, scaled per frequency by :func:`fourier_scale`.
+
+    The parameter has shape ``(N, 3, H, W // 2 + 1, 2)`` (real and imaginary parts). Scaling by ``1 / f ** decay``
+    makes equal-sized optimiser steps change low frequencies more than high ones, which steers the optimisation
+    towards images with a natural spectrum instead of high-frequency adversarial patterns.
+
+    Args:
+        batch: number of images.
+        height: image height in pixels.
+        width: image width in pixels.
+        decay: exponent of the ``1 / f`` scaling.
+        init_std: standard deviation of the random start of every spectral coefficient.
+        generator: random source of the start (its device is the parameter's device).
+        dtype: floating dtype of the parameter.
+    """
+
+    def __init__(
+        self,
+        batch: int,
+        height: int,
+        width: int,
+        decay: float = 1.0,
+        init_std: float = 0.01,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        _check_size(height, width)
+        _check_batch_and_std(batch, init_std)
+        device = generator.device if generator is not None else None
+        shape = (batch, 3, height, width // 2 + 1, 2)
+        start = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        self.height, self.width, self.decay = height, width, decay
+        self.scale = fourier_scale(height, width, decay, device).to(dtype)
+        self.parameter = (start * init_std).requires_grad_(True)
+
+    @classmethod
+    def from_parameter(cls, parameter: Tensor, height: int, width: int, decay: float = 1.0) -> FourierImage:
+        """Wrap an existing ``(N, 3, height, width // 2 + 1, 2)`` leaf tensor."""
+        expected = (3, height, width // 2 + 1, 2)
+        if parameter.ndim != 5 or tuple(parameter.shape[1:]) != expected:
+            raise ValueError(f"a Fourier parameter has shape (N, *{expected}), got {tuple(parameter.shape)}.")
+        self = cls.__new__(cls)
+        self.height, self.width, self.decay = height, width, decay
+        self.scale = fourier_scale(height, width, decay, parameter.device).to(parameter.dtype)
+        self.parameter = parameter
+        return self
+
+    def spectrum(self) -> Tensor:
+        """The scaled complex spectrum, ``(N, 3, H, W // 2 + 1)``."""
+        return torch.view_as_complex(self.parameter) * self.scale
+
+    def image(self) -> Tensor:
+        # Orthonormal inverse FFT: the spectrum's scale does not depend on the image size.
+        return torch.fft.irfft2(self.spectrum(), s=(self.height, self.width), norm="ortho")
+
+    def split(self, sizes: Sequence[int]) -> list[ImageParam]:
+        return [
+            FourierImage.from_parameter(part, self.height, self.width, self.decay)
+            for part in self._split_leaf(self.parameter, sizes)
+        ]
+
+
+def _check_batch_and_std(batch: int, init_std: float) -> None:
+    if not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive integer, got {batch!r}.")
+    if not math.isfinite(init_std) or init_std < 0:
+        raise ValueError(f"init_std must be a finite number >= 0, got {init_std}.")
+
+
+def make_image_param(
+    parameterisation: Parameterisation,
+    batch: int,
+    height: int,
+    width: int,
+    *,
+    decay: float = 1.0,
+    init_std: float = 0.01,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> ImageParam:
+    """Build a :class:`FourierImage` (``"fourier"``) or :class:`PixelImage` (``"pixel"``).
+
+    Args:
+        parameterisation: ``"fourier"`` or ``"pixel"``.
+        batch: number of images.
+        height: image height in pixels.
+        width: image width in pixels.
+        decay: exponent of the Fourier ``1 / f`` scaling (ignored for pixels).
+        init_std: standard deviation of the random start.
+        generator: random source of the start.
+        dtype: floating dtype of the parameter.
+    """
+    if parameterisation == "fourier":
+        return FourierImage(batch, height, width, decay, init_std, generator, dtype)
+    if parameterisation == "pixel":
+        return PixelImage(batch, height, width, init_std, generator, dtype)
+    raise ValueError(f"unknown parameterisation {parameterisation!r}; choose 'fourier' or 'pixel'.")
+
+
+class ColourSquash:
+    """Maps images in the decorrelated colour basis to RGB in (0, 1) and to model space.
+
+    ``rgb = sigmoid(logit(mean) + (z @ C) / (mean * (1 - mean)))`` per pixel, where ``C`` is the colour
+    correlation: ``colour.inverse`` (the inverse of the whitening matrix ``W``) when ``decorrelate`` is set, else
+    the diagonal matrix of the per-channel colour standard deviations (no mixing between channels). Dividing by the
+    sigmoid's slope at the mean colour makes ``colour.to_model(rgb) == z`` to first order around the mean, so ``z``
+    lives in the basis the model was trained in and a unit of ``z`` is one standard deviation of real colours.
+
+    The colour tensors are copied (so tensors made under ``torch.inference_mode`` can still enter autograd) and
+    moved to ``device`` and ``dtype``.
+
+    Args:
+        colour: the data's colour transform.
+        decorrelate: optimise in the decorrelated basis (True) or per RGB channel (False).
+        device: device of the images.
+        dtype: floating dtype of the images.
+    """
+
+    def __init__(
+        self,
+        colour: ColourTransform,
+        decorrelate: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        mean = colour.mean.detach().clone().to(device=device, dtype=dtype)
+        matrix = colour.matrix.detach().clone().to(device=device, dtype=dtype)
+        inverse = colour.inverse.detach().clone().to(device=device, dtype=dtype)
+        if not decorrelate:
+            # Per-channel standard deviation of the data: column norms of W^-1 (cov = W^-T W^-1).
+            inverse = torch.diag(inverse.norm(dim=0))
+        clamped = mean.clamp(_MEAN_CLAMP, 1 - _MEAN_CLAMP)
+        self.mean, self.matrix = mean, matrix
+        self.correlation = inverse / (clamped * (1 - clamped)).view(1, 3)
+        self.offset = torch.logit(clamped).view(1, 3, 1, 1)
+
+    def to_rgb(self, z: Tensor) -> Tensor:
+        """RGB images in (0, 1) from images in the decorrelated basis, both ``(N, 3, H, W)``."""
+        return torch.sigmoid(torch.einsum("nchw,cd->ndhw", z, self.correlation) + self.offset)
+
+    def to_model(self, rgb: Tensor) -> Tensor:
+        """Model-space images: ``(rgb - mean) @ W``, exactly :meth:`ColourTransform.to_model`."""
+        centred = rgb - self.mean.view(1, 3, 1, 1)
+        return torch.einsum("nchw,cd->ndhw", centred, self.matrix)

@@ -1,0 +1,446 @@
+"""FeatureVisCallback under Lightning: what it logs, when, and that it leaves training untouched."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import IMAGES, SCALARS, EventAccumulator
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from featvis import images as img
+from featvis.callback import FeatureVisCallback
+from featvis.colour import ColourTransform
+
+CLASSES = ["red", "green", "blue"]
+SIZE = 8
+# Few steps and images keep every render a fraction of a second.
+FAST = {"steps": 3, "images_per_target": 2, "image_size": SIZE}
+
+
+class TinyClassifier(L.LightningModule):
+    """A tiny conv classifier with BatchNorm and dropout (so global RNG use would change training)."""
+
+    def __init__(self, num_classes: int = 3, dropout: float = 0.2, shuffle: bool = True, samples: int = 48):
+        super().__init__()
+        self.net = nn.Sequential(
+            OrderedDict(
+                conv=nn.Conv2d(3, 6, 3, padding=1),
+                bn=nn.BatchNorm2d(6),
+                act=nn.ReLU(),
+                drop=nn.Dropout(dropout),
+                pool=nn.AdaptiveAvgPool2d(1),
+                flat=nn.Flatten(),
+                head=nn.Linear(6, num_classes),
+            )
+        )
+        self.class_names = (
+            CLASSES[:num_classes] if num_classes <= 3 else [f"c{i}" for i in range(num_classes)]
+        )
+        self.colour = ColourTransform.from_normalisation([0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+        self.shuffle = shuffle
+        self.samples = samples
+        self.num_classes = num_classes
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+    def _data(self, seed: int) -> TensorDataset:
+        g = torch.Generator().manual_seed(seed)
+        labels = torch.randint(0, self.num_classes, (self.samples,), generator=g)
+        images = torch.randn(self.samples, 3, SIZE, SIZE, generator=g) * 0.5
+        images[torch.arange(self.samples), labels % 3] += 2.0  # class = dominant channel
+        return TensorDataset(images, labels)
+
+    def train_dataloader(self):
+        return DataLoader(self._data(0), batch_size=16, shuffle=self.shuffle)
+
+    def val_dataloader(self):
+        return DataLoader(self._data(1), batch_size=16)
+
+
+def make_trainer(root: Path, callbacks=(), epochs: int = 2, logger="tb", version=0, **kwargs) -> L.Trainer:
+    if logger == "tb":
+        logger = TensorBoardLogger(str(root), name="run", version=version)
+    defaults = {
+        "max_epochs": epochs,
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": logger,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": str(root),
+        "num_sanity_val_steps": 0,
+        "log_every_n_steps": 1,
+    }
+    defaults.update(kwargs)
+    return L.Trainer(callbacks=list(callbacks), **defaults)
+
+
+def read_events(log_dir: Path) -> dict:
+    """Images and scalars of every event file below ``log_dir``: {tag: [(step, width, height)]}, {tag: [steps]}."""
+    images: dict[str, list] = {}
+    scalars: dict[str, list] = {}
+    for path in sorted(Path(log_dir).rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(path), size_guidance={IMAGES: 0, SCALARS: 0})
+        acc.Reload()
+        for tag in acc.Tags()["images"]:
+            images.setdefault(tag, []).extend((e.step, e.width, e.height) for e in acc.Images(tag))
+        for tag in acc.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend(e.step for e in acc.Scalars(tag))
+    return {"images": images, "scalars": scalars}
+
+
+def png_epochs(folder: Path) -> list[str]:
+    return sorted(p.name for p in (folder / "featvis").glob("epoch_*"))
+
+
+# ---------------------------------------------------------------------------------------------- arguments
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"every_n_epochs": 0}, "every_n_epochs"),
+        ({"every_n_epochs": 1.5}, "every_n_epochs"),
+        ({"targets": []}, "empty"),
+        ({"targets": "cat"}, "list"),
+        ({"targets": [-1]}, "-1"),
+        ({"targets": [1.0]}, "1.0"),
+        ({"channels": [1]}, "needs layer"),
+        ({"neuron": True}, "needs layer"),
+        ({"layer": "net.conv", "channels": [-2]}, "channel"),
+        ({"steps": -1}, "steps"),
+        ({"lr": 0}, "lr"),
+        ({"images_per_target": 0}, "images_per_target"),
+        ({"max_batch_size": 2, "images_per_target": 4}, "max_batch_size"),
+        ({"normalization_mean": [0.5, 0.5, 0.5]}, "together"),
+        ({"normalization_mean": [0.5, 0.5, 0.5], "normalization_std": [0.2, 0.0, 0.2]}, "std"),
+        ({"normalization_mean": [0.5], "normalization_std": [0.2]}, "normalization_mean"),
+        ({"parameterisation": "wavelet"}, "parameterisation"),
+        ({"autocast": "fp8"}, "autocast"),
+        ({"prefix": "a/b"}, "prefix"),
+        ({"diversity_weight": -1.0}, "diversity_weight"),
+        ({"reference_model": 3}, "reference_model"),
+    ],
+)
+def test_bad_arguments_raise_value_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        FeatureVisCallback(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("targets", "pattern"),
+    [([5], r"class index 5 .*valid: 0\.\.2"), (["zebra"], r"'zebra'.*\['red', 'green', 'blue'\]")],
+)
+def test_bad_class_target_fails_at_setup(tmp_path, targets, pattern):
+    trainer = make_trainer(tmp_path, [FeatureVisCallback(targets=targets, **FAST)], epochs=1)
+    with pytest.raises(ValueError, match=pattern):
+        trainer.fit(TinyClassifier())
+
+
+def test_unknown_layer_fails_at_setup(tmp_path):
+    trainer = make_trainer(tmp_path, [FeatureVisCallback(layer="net.conf", **FAST)], epochs=1)
+    with pytest.raises(ValueError, match="net.conv"):
+        trainer.fit(TinyClassifier())
+
+
+# ---------------------------------------------------------------------------------------------- logging
+
+
+def test_logs_images_scalars_pngs_and_timeline(tmp_path):
+    callback = FeatureVisCallback(**FAST)
+    trainer = make_trainer(tmp_path, [callback], epochs=3)
+    trainer.fit(TinyClassifier())
+    log_dir = Path(trainer.log_dir)
+    events = read_events(log_dir)
+    scale = 128 // SIZE
+    # One image per class per epoch: steps 0 (before training) .. 3; K images side by side, upsampled.
+    for name in CLASSES:
+        entries = events["images"][f"featvis/{name}"]
+        assert [e[0] for e in entries] == [0, 1, 2, 3]
+        width = 2 * SIZE * scale + 3 * 2
+        assert {(w, h) for _, w, h in entries} == {(width, SIZE * scale + 4)}
+    assert [e[0] for e in events["images"]["featvis/all"]] == [0, 1, 2, 3]
+    _, w, h = events["images"]["featvis/all"][0]
+    assert (w, h) == (2 * SIZE * scale + 6, 3 * SIZE * scale + 8)
+    # Timeline: targets x rendered epochs (4 columns), logged once.
+    timeline = events["images"]["featvis/timeline"]
+    assert len(timeline) == 1 and timeline[0][1:] == (4 * SIZE * scale + 10, 3 * SIZE * scale + 8)
+    for tag in ("target_prob", "objective", "render_seconds", "robustness", "diversity"):
+        assert events["scalars"][f"featvis/{tag}"] == [0, 1, 2, 3]
+    assert "featvis/spectral_gap" not in events["scalars"]  # no datamodule with a training split
+    # PNGs at native size, one folder per epoch and class.
+    assert png_epochs(log_dir) == ["epoch_000", "epoch_001", "epoch_002", "epoch_003"]
+    for epoch in range(4):
+        for name in CLASSES:
+            files = sorted((log_dir / "featvis" / f"epoch_{epoch:03d}" / name).iterdir())
+            assert [f.name for f in files] == ["0.png", "1.png"]
+            assert img.load_png(files[0]).shape == (3, SIZE, SIZE)
+    picture = img.load_png(log_dir / "featvis" / "timeline.png")
+    assert picture.shape == (3, 3 * SIZE * scale + 8, 4 * SIZE * scale + 10)
+    # The timeline's first cell is epoch 0's first image of class 0, upsampled.
+    first = img.upsample(img.load_png(log_dir / "featvis" / "epoch_000" / "red" / "0.png"), scale)
+    assert torch.equal(picture[:, 2 : 2 + SIZE * scale, 2 : 2 + SIZE * scale], first)
+    assert callback.state_dict()["epochs"] == [0, 1, 2, 3]
+
+
+def test_every_n_epochs_and_targets_by_name(tmp_path):
+    callback = FeatureVisCallback(every_n_epochs=2, targets=["blue", 0], **FAST)
+    trainer = make_trainer(tmp_path, [callback], epochs=5)
+    trainer.fit(TinyClassifier())
+    events = read_events(Path(trainer.log_dir))
+    assert {t for t in events["images"]} == {"featvis/blue", "featvis/red", "featvis/all", "featvis/timeline"}
+    assert [e[0] for e in events["images"]["featvis/blue"]] == [0, 2, 4]
+    assert png_epochs(Path(trainer.log_dir)) == ["epoch_000", "epoch_002", "epoch_004"]
+
+
+def test_channel_and_neuron_targets(tmp_path):
+    channels = FeatureVisCallback(layer="net.conv", channels=[0, 5], prefix="chan", **FAST)
+    neurons = FeatureVisCallback(layer="net.act", neuron=True, prefix="neur", **FAST)
+    default_channels = FeatureVisCallback(layer="net.bn", targets=[1], prefix="mixed", **FAST)
+    trainer = make_trainer(tmp_path, [channels, neurons, default_channels], epochs=1)
+    trainer.fit(TinyClassifier())
+    tags = set(read_events(Path(trainer.log_dir))["images"])
+    assert {"chan/net.conv.ch0", "chan/net.conv.ch5"} <= tags
+    assert {f"neur/net.act.neuron{c}" for c in range(6)} <= tags
+    # targets + layer without channels: the class, then the layer's first min(10, C) = 6 channels.
+    assert {"mixed/green"} | {f"mixed/net.bn.ch{c}" for c in range(6)} <= tags
+    assert not any(t.startswith("chan/red") for t in tags)
+    assert (Path(trainer.log_dir) / "neur" / "epoch_001" / "net.act.neuron3" / "1.png").is_file()
+
+
+def test_other_logger_gets_pngs_and_one_warning(tmp_path):
+    callback = FeatureVisCallback(**FAST)
+    trainer = make_trainer(tmp_path, [callback], epochs=2, logger=CSVLogger(str(tmp_path), name="csv"))
+    with pytest.warns(UserWarning, match="TensorBoard only") as record:
+        trainer.fit(TinyClassifier())
+    assert sum("TensorBoard only" in str(w.message) for w in record) == 1
+    log_dir = Path(trainer.log_dir)
+    assert png_epochs(log_dir) == ["epoch_000", "epoch_001", "epoch_002"]
+    assert (log_dir / "featvis" / "timeline.png").is_file()
+    metrics = (log_dir / "metrics.csv").read_text()
+    assert "featvis/target_prob" in metrics
+
+
+def test_no_logger_writes_pngs_to_default_root_dir(tmp_path):
+    trainer = make_trainer(tmp_path, [FeatureVisCallback(**FAST)], epochs=1, logger=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no logger: no warning about loggers
+        warnings.filterwarnings("ignore", message=".*(num_workers|does not have many workers).*")
+        trainer.fit(TinyClassifier())
+    assert png_epochs(tmp_path) == ["epoch_000", "epoch_001"]
+    assert (tmp_path / "featvis" / "timeline.png").is_file()
+
+
+def test_colour_and_size_from_arguments_without_model_colour(tmp_path):
+    class Plain(TinyClassifier):
+        def __init__(self):
+            super().__init__()
+            del self.colour
+            del self.class_names
+
+    callback = FeatureVisCallback(
+        normalization_mean=[0.4, 0.5, 0.6], normalization_std=[0.2, 0.2, 0.2], steps=2, images_per_target=1
+    )
+    model = Plain()
+    model.example_input_array = torch.zeros(1, 3, 12, 12)
+    trainer = make_trainer(tmp_path, [callback], epochs=1)
+    trainer.fit(model)
+    folder = Path(trainer.log_dir) / "featvis" / "epoch_001"
+    assert sorted(p.name for p in folder.iterdir()) == ["0", "1", "2"]  # indices without class names
+    assert img.load_png(folder / "0" / "0.png").shape == (3, 12, 12)
+
+
+# ---------------------------------------------------------------------------------------------- no side effects
+
+
+def _final_state(tmp_path: Path, callbacks) -> tuple[dict, dict]:
+    L.seed_everything(123, verbose=False)
+    model = TinyClassifier()
+    trainer = make_trainer(tmp_path, callbacks, epochs=3, logger=False, enable_checkpointing=False)
+    trainer.fit(model)
+    return copy.deepcopy(model.state_dict()), copy.deepcopy(trainer.optimizers[0].state_dict())
+
+
+def test_training_is_bitwise_identical_with_and_without_callback(tmp_path):
+    weights_a, optim_a = _final_state(tmp_path / "a", [])
+    weights_b, optim_b = _final_state(tmp_path / "b", [FeatureVisCallback(**FAST)])
+    assert png_epochs(tmp_path / "b") == ["epoch_000", "epoch_001", "epoch_002", "epoch_003"]
+    assert weights_a.keys() == weights_b.keys()
+    for key in weights_a:
+        assert torch.equal(weights_a[key], weights_b[key]), key
+    for index, state in optim_a["state"].items():
+        assert torch.equal(state["momentum_buffer"], optim_b["state"][index]["momentum_buffer"])
+
+
+def test_render_hook_leaves_model_and_rng_untouched(tmp_path):
+    model = TinyClassifier()
+    model.train()
+    model.net.bn.eval()  # a mixed train/eval pattern must come back exactly
+    model.net.head.weight.requires_grad_(False)
+    x = torch.randn(4, 3, SIZE, SIZE)
+    model(x).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    before = copy.deepcopy(model.state_dict())
+    flags = {n: m.training for n, m in model.named_modules()}
+    requires = {n: p.requires_grad for n, p in model.named_parameters()}
+    callback = FeatureVisCallback(**FAST)
+    cpu_rng = torch.get_rng_state()
+    for context in (torch.enable_grad, torch.no_grad, torch.inference_mode):
+        with context():
+            result = callback.render(model)
+    assert torch.equal(torch.get_rng_state(), cpu_rng)
+    assert result["rgb"].shape == (3, 2, 3, SIZE, SIZE)
+    assert float(result["rgb"].min()) >= 0 and float(result["rgb"].max()) <= 1
+    assert result["names"] == CLASSES
+    assert {n: m.training for n, m in model.named_modules()} == flags
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == requires
+    for name, param in model.named_parameters():
+        if name in grads:
+            assert torch.equal(param.grad, grads[name]), name
+        else:
+            assert param.grad is None
+    for key, value in before.items():
+        assert torch.equal(model.state_dict()[key], value), key
+    # Same seed, same weights: the same images every time.
+    assert torch.equal(callback.render(model)["rgb"], result["rgb"])
+
+
+def test_skips_sanity_check_and_fast_dev_run(tmp_path):
+    callback = FeatureVisCallback(**FAST)
+    trainer = make_trainer(tmp_path / "sanity", [callback], epochs=1, num_sanity_val_steps=2)
+    trainer.fit(TinyClassifier())
+    events = read_events(Path(trainer.log_dir))
+    assert [e[0] for e in events["images"]["featvis/red"]] == [0, 1]
+
+    trainer = make_trainer(tmp_path / "fdr", [FeatureVisCallback(**FAST)], fast_dev_run=2, logger=False)
+    trainer.fit(TinyClassifier())
+    assert not (tmp_path / "fdr" / "featvis").exists()
+
+    # validate / test / predict never render.
+    trainer = make_trainer(tmp_path / "val", [FeatureVisCallback(**FAST)], logger=False)
+    trainer.validate(TinyClassifier(), verbose=False)
+    assert not (tmp_path / "val" / "featvis").exists()
+
+
+# ---------------------------------------------------------------------------------------------- resume
+
+
+def _png_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("epoch_*/*/*.png"))}
+
+
+def test_resume_continues_the_same_timeline(tmp_path):
+    # Uninterrupted: 4 epochs.
+    straight = FeatureVisCallback(**FAST)
+    trainer = make_trainer(tmp_path / "a", [straight], epochs=4)
+    L.seed_everything(5, verbose=False)
+    trainer.fit(TinyClassifier(shuffle=False, dropout=0.0))
+    reference = _png_bytes(Path(trainer.log_dir) / "featvis")
+
+    # 2 epochs, then resume from the last checkpoint to 4, logging into the same run folder.
+    first = make_trainer(tmp_path / "b", [FeatureVisCallback(**FAST)], epochs=2)
+    L.seed_everything(5, verbose=False)
+    first.fit(TinyClassifier(shuffle=False, dropout=0.0))
+    checkpoint = next(Path(first.log_dir).rglob("*.ckpt"))
+    resumed_callback = FeatureVisCallback(**FAST, seed=99)  # the checkpoint's seed wins
+    second = make_trainer(tmp_path / "b", [resumed_callback], epochs=4)
+    second.fit(TinyClassifier(shuffle=False, dropout=0.0), ckpt_path=str(checkpoint))
+    log_dir = Path(second.log_dir)
+    assert log_dir == Path(first.log_dir)
+    assert resumed_callback.seed == 0
+    assert png_epochs(log_dir) == [f"epoch_{e:03d}" for e in range(5)]
+    # Identical images for identical weights, epochs 3-4 included.
+    pngs = _png_bytes(log_dir / "featvis")
+    assert pngs.keys() == reference.keys()
+    assert [k for k in pngs if pngs[k] != reference[k]] == []
+    # Every epoch logged exactly once across both runs' event files.
+    events = read_events(log_dir)
+    for tag in ("featvis/red", "featvis/all"):
+        assert sorted(e[0] for e in events["images"][tag]) == [0, 1, 2, 3, 4]
+    assert sorted(events["scalars"]["featvis/target_prob"]) == [0, 1, 2, 3, 4]
+    # The resumed run's timeline still covers every epoch.
+    assert resumed_callback.state_dict()["epochs"] == [0, 1, 2, 3, 4]
+    timeline = img.load_png(log_dir / "featvis" / "timeline.png")
+    assert timeline.shape[-1] == 5 * SIZE * 16 + 12
+
+
+def test_state_dict_round_trip():
+    callback = FeatureVisCallback(seed=7, **FAST)
+    callback._epochs = [0, 1]
+    callback._thumbs = [torch.zeros(3, 3, SIZE, SIZE, dtype=torch.uint8)] * 2
+    callback._names = CLASSES
+    state = callback.state_dict()
+    other = FeatureVisCallback(**FAST)
+    other.load_state_dict(state)
+    assert other.seed == 7 and other._epochs == [0, 1] and len(other._thumbs) == 2
+    assert other.state_key == callback.state_key
+    assert FeatureVisCallback(prefix="x").state_key != callback.state_key
+
+
+# ---------------------------------------------------------------------------------------------- featvis's own model
+
+
+def test_classifier_module_with_cifar_datamodule(tmp_path, cifar_dir):
+    from featvis import CIFARDataModule, ClassifierModule
+
+    def data():
+        return CIFARDataModule(data_dir=str(cifar_dir), batch_size=50, download=False)
+
+    datamodule = data()
+    callback = FeatureVisCallback(steps=2, images_per_target=2, targets=["cat", 0])
+    trainer = make_trainer(tmp_path / "a", [callback], epochs=1, limit_val_batches=1)
+    trainer.fit(ClassifierModule(network="small_cnn", widths=[4, 8, 8]), datamodule=datamodule)
+    log_dir = Path(trainer.log_dir)
+    events = read_events(log_dir)
+    assert set(events["images"]) == {"featvis/cat", "featvis/airplane", "featvis/all", "featvis/timeline"}
+    for tag in ("target_prob", "robustness", "spectral_gap", "diversity"):
+        assert events["scalars"][f"featvis/{tag}"] == [0, 1], tag
+    assert img.load_png(log_dir / "featvis" / "epoch_001" / "cat" / "1.png").shape == (3, 32, 32)
+    assert callback._colour(datamodule, None) is datamodule.colour  # the datamodule's decorrelated colours
+
+    # A second run scored by the first run's checkpoint as reference model.
+    checkpoint = tmp_path / "reference.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    scored = FeatureVisCallback(
+        steps=1, images_per_target=1, targets=[1], reference_model=str(checkpoint), metrics=False
+    )
+    trainer = make_trainer(tmp_path / "b", [scored], epochs=1, limit_val_batches=1)
+    trainer.fit(ClassifierModule(network="small_cnn", widths=[4, 8, 8]), datamodule=data())
+    scalars = read_events(Path(trainer.log_dir))["scalars"]
+    assert scalars["featvis/transfer_acc"] == [0, 1]
+    assert "featvis/robustness" not in scalars
+
+
+# ---------------------------------------------------------------------------------------------- reference model
+
+
+def test_transfer_acc_with_reference_module(tmp_path):
+    reference = TinyClassifier().eval()
+    callback = FeatureVisCallback(reference_model=reference, **FAST)
+    trainer = make_trainer(tmp_path, [callback], epochs=1)
+    trainer.fit(TinyClassifier())
+    events = read_events(Path(trainer.log_dir))
+    assert events["scalars"]["featvis/transfer_acc"] == [0, 1]

@@ -1,0 +1,108 @@
+"""Image parameterisations: Fourier scaling, random starts, colour squashing into RGB and model space."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from featvis.colour import ColourTransform
+from featvis.engine.param import (
+    ColourSquash,
+    FourierImage,
+    PixelImage,
+    fourier_frequencies,
+    fourier_scale,
+    make_image_param,
+)
+
+
+def _colour() -> ColourTransform:
+    generator = torch.Generator().manual_seed(0)
+    base = torch.rand(64, 1, 8, 8, generator=generator)
+    pixels = (base * 0.7 + 0.3 * torch.rand(64, 3, 8, 8, generator=generator)) * 255
+    return ColourTransform.from_pixels(pixels.to(torch.uint8))
+
+
+def test_fourier_scale_is_inverse_frequency_with_floor() -> None:
+    scale = fourier_scale(32, 32, decay=1.0)
+    assert scale.shape == (32, 17)
+    assert scale[0, 0].item() == pytest.approx(32.0)  # DC: 1 / (1/32)
+    assert scale[0, 8].item() == pytest.approx(4.0)  # fx = 8/32 = 0.25 cycles per pixel
+    assert scale[0, 16].item() == pytest.approx(2.0)  # Nyquist
+    assert scale[3, 4].item() == pytest.approx(32.0 / 5.0)  # radius 5/32
+    assert scale[0, 1].item() == pytest.approx(32.0)  # f = 1/32 sits on the floor
+
+
+def test_fourier_scale_decay_and_rectangular_sizes() -> None:
+    assert torch.equal(fourier_scale(16, 16, decay=0.0), torch.ones(16, 9))
+    squared = fourier_scale(16, 24, decay=2.0)
+    assert squared.shape == (16, 13)
+    assert torch.allclose(squared, fourier_scale(16, 24, decay=1.0) ** 2)
+    assert fourier_frequencies(16, 24)[0, 12].item() == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="decay"):
+        fourier_scale(8, 8, decay=-1.0)
+    with pytest.raises(ValueError, match="height"):
+        fourier_scale(0, 8)
+
+
+def test_fourier_image_amplitudes_follow_the_scale() -> None:
+    """A unit coefficient at frequency f gives a wave whose amplitude is proportional to scale(f)."""
+    param = torch.zeros(2, 3, 32, 17, 2)
+    param[0, :, 0, 2, 0] = 1.0  # 2 cycles per image
+    param[1, :, 0, 8, 0] = 1.0  # 8 cycles per image
+    image = FourierImage.from_parameter(param, 32, 32, decay=1.0).image()
+    amplitude = image.abs().amax(dim=(1, 2, 3))
+    assert (amplitude[0] / amplitude[1]).item() == pytest.approx(4.0, rel=1e-4)
+    flat = FourierImage.from_parameter(param, 32, 32, decay=0.0).image().abs().amax(dim=(1, 2, 3))
+    assert (flat[0] / flat[1]).item() == pytest.approx(1.0, rel=1e-4)
+
+
+def test_random_start_comes_from_the_generator() -> None:
+    first = FourierImage(4, 32, 32, init_std=0.01, generator=torch.Generator().manual_seed(3))
+    again = FourierImage(4, 32, 32, init_std=0.01, generator=torch.Generator().manual_seed(3))
+    other = FourierImage(4, 32, 32, init_std=0.01, generator=torch.Generator().manual_seed(4))
+    assert first.parameter.shape == (4, 3, 32, 17, 2)
+    assert torch.equal(first.parameter, again.parameter)
+    assert not torch.equal(first.parameter, other.parameter)
+    assert first.parameter.std().item() == pytest.approx(0.01, rel=0.05)
+    assert first.parameter.requires_grad and first.parameter.is_leaf
+
+
+def test_split_makes_independent_leaves_with_the_same_values() -> None:
+    image = make_image_param("pixel", 6, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert isinstance(image, PixelImage)
+    parts = image.split([2, 4])
+    assert [len(part) for part in parts] == [2, 4]
+    assert torch.equal(torch.cat([p.parameter for p in parts]), image.parameter)
+    assert all(p.parameter.is_leaf and p.parameter.requires_grad for p in parts)
+    assert parts[0].parameter.data_ptr() != image.parameter.data_ptr()
+    with pytest.raises(ValueError, match="parameterisation"):
+        make_image_param("wavelet", 1, 8, 8)  # type: ignore[arg-type]
+
+
+def test_colour_squash_keeps_rgb_in_range_and_matches_the_colour_transform() -> None:
+    colour = _colour()
+    squash = ColourSquash(colour, decorrelate=True)
+    z = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 50
+    rgb = squash.to_rgb(z)
+    assert rgb.min().item() >= 0.0 and rgb.max().item() <= 1.0
+    assert torch.allclose(squash.to_model(rgb), colour.to_model(rgb), atol=1e-5)
+
+
+def test_decorrelated_parameter_is_model_space_to_first_order() -> None:
+    colour = _colour()
+    squash = ColourSquash(colour, decorrelate=True)
+    z = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(2)) * 1e-3
+    assert torch.allclose(squash.to_model(squash.to_rgb(z)), z, atol=1e-6, rtol=1e-2)
+    zero = squash.to_rgb(torch.zeros(1, 3, 1, 1)).flatten()
+    assert torch.allclose(zero, colour.mean, atol=1e-6)  # the start is the data's mean colour
+
+
+def test_without_decorrelation_channels_do_not_mix() -> None:
+    squash = ColourSquash(_colour(), decorrelate=False)
+    off_diagonal = squash.correlation - torch.diag(squash.correlation.diagonal())
+    assert torch.count_nonzero(off_diagonal).item() == 0
+    red_only = torch.zeros(1, 3, 2, 2)
+    red_only[:, 0] = 0.5
+    moved = squash.to_rgb(red_only) - squash.to_rgb(torch.zeros(1, 3, 2, 2))
+    assert moved[:, 0].abs().min().item() > 0 and moved[:, 1:].abs().max().item() == 0

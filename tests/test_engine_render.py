@@ -1,0 +1,340 @@
+"""render(): outputs, determinism, chunking, errors, and no side effects on the model or global state."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import random
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor, nn
+
+import featvis.engine
+from featvis.colour import ColourTransform
+from featvis.engine import (
+    Activations,
+    Channel,
+    ClassLogit,
+    Diversity,
+    Jitter,
+    LayerCapture,
+    NonFiniteError,
+    Objective,
+    Pad,
+    RenderConfig,
+    Rotate,
+    Scale,
+    render,
+)
+
+# Tiny-model settings (the tuned defaults target the real CIFAR model): few steps, a larger learning rate.
+FAST = {
+    "steps": 12,
+    "images_per_target": 2,
+    "image_size": 16,
+    "autocast_dtype": None,
+    "lr": 0.05,
+    "transforms": [Pad(1), Jitter(1.0), Scale(0.9, 1.1), Rotate(5.0)],
+}
+
+
+class TinyNet(nn.Module):
+    """Conv, BatchNorm, dropout and a linear head: the parts whose state a render could disturb."""
+
+    def __init__(self, num_classes: int = 4, seed: int = 0) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.features = nn.Sequential(
+            OrderedDict(
+                conv1=nn.Conv2d(3, 8, 3, padding=1),
+                bn1=nn.BatchNorm2d(8),
+                relu1=nn.ReLU(),
+                conv2=nn.Conv2d(8, 12, 3, padding=1, stride=2),
+                relu2=nn.ReLU(),
+                drop=nn.Dropout(0.3),
+            )
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(12, num_classes)
+        with torch.no_grad():
+            for param in self.parameters():
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+            self.features.bn1.running_mean.copy_(torch.randn(8, generator=generator) * 0.1)
+            self.features.bn1.running_var.uniform_(0.5, 1.5, generator=generator)
+        self.class_names = [f"c{i}" for i in range(num_classes)]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.pool(self.features(x)).flatten(1))
+
+
+def _colour() -> ColourTransform:
+    generator = torch.Generator().manual_seed(0)
+    base = torch.rand(32, 1, 8, 8, generator=generator)
+    pixels = (0.6 * base + 0.4 * torch.rand(32, 3, 8, 8, generator=generator)) * 255
+    return ColourTransform.from_pixels(pixels.to(torch.uint8))
+
+
+def test_result_shapes_ranges_and_model_input() -> None:
+    colour = _colour()
+    result = render(TinyNet(), colour=colour, **FAST)
+    assert result.rgb.shape == (4, 2, 3, 16, 16) and result.model_input.shape == (4, 2, 3, 16, 16)
+    assert result.values.shape == (4, 2)
+    assert result.rgb.min().item() >= 0.0 and result.rgb.max().item() <= 1.0
+    assert result.rgb.std().item() > 0.01
+    flat = result.rgb.reshape(-1, 3, 16, 16)
+    assert torch.allclose(result.model_input.reshape(-1, 3, 16, 16), colour.to_model(flat), atol=1e-5)
+    assert result.descriptions == ["class 0 (c0)", "class 1 (c1)", "class 2 (c2)", "class 3 (c3)"]
+    grid = result.grid(padding=1)
+    assert grid.shape == (3, 4 * 17 + 1, 2 * 17 + 1)
+    assert torch.equal(grid[:, 1:17, 18:34], result.rgb[0, 1])
+
+
+def test_values_are_the_objective_on_the_returned_images() -> None:
+    net = TinyNet().eval()
+    result = render(net, [2, Channel("features.conv2", 5)], colour=_colour(), **FAST)
+    with torch.no_grad():
+        logits = net(result.model_input[0])
+        conv2 = net.features.conv2(net.features[:3](result.model_input[1]))
+    assert torch.allclose(result.values[0], logits[:, 2], atol=1e-5)
+    assert torch.allclose(result.values[1], conv2[:, 5].mean(dim=(1, 2)), atol=1e-5)
+
+
+def test_optimisation_increases_the_target() -> None:
+    net, colour = TinyNet(), _colour()
+    targets = [ClassLogit(0), ClassLogit(3), Channel("features.conv2", 1)]
+    start = render(net, targets, colour=colour, **{**FAST, "steps": 0})
+    end = render(net, targets, colour=colour, **{**FAST, "steps": 40})
+    assert (end.values > start.values + 0.5).all(), (start.values, end.values)
+
+
+def test_pixel_parameterisation_and_no_transforms_also_optimise() -> None:
+    settings = {**FAST, "parameterisation": "pixel", "transforms": [], "decorrelate": False}
+    start = render(TinyNet(), 1, **{**settings, "steps": 0})
+    end = render(TinyNet(), 1, **settings)
+    assert end.rgb.min().item() >= 0 and end.rgb.max().item() <= 1
+    assert (end.values > start.values).all()
+
+
+def test_same_seed_same_images_other_seed_other_images() -> None:
+    net = TinyNet()
+    first = render(net, seed=3, **FAST)
+    again = render(net, seed=3, **FAST)
+    other = render(net, seed=4, **FAST)
+    assert torch.equal(first.rgb, again.rgb) and torch.equal(first.values, again.values)
+    assert not torch.allclose(first.rgb, other.rgb)
+    assert not torch.allclose(first.rgb[0, 0], first.rgb[0, 1])  # images of one target differ
+
+
+def test_chunked_render_equals_unchunked() -> None:
+    net = TinyNet()
+    settings = {**FAST, "diversity_layer": "features.conv2", "diversity_weight": 0.5, "steps": 8}
+    whole = render(net, **settings)
+    chunked = render(net, max_batch_size=3, **settings)  # one target (2 images) per forward pass
+    assert torch.allclose(whole.rgb, chunked.rgb, atol=1e-5)
+    assert torch.allclose(whole.values, chunked.values, atol=1e-4)
+    with pytest.raises(ValueError, match=r"max_batch_size \(1\) must be >= images_per_target \(2\)"):
+        render(net, max_batch_size=1, **settings)
+
+
+def test_diversity_lowers_the_style_similarity_within_a_target() -> None:
+    net = TinyNet()
+    settings = {**FAST, "steps": 20, "transforms": [], "images_per_target": 4}
+    plain = render(net, 0, **settings)
+    diverse = render(net, 0, diversity_layer="features.relu1", diversity_weight=5.0, **settings)
+
+    def similarity(result) -> float:
+        with torch.no_grad(), LayerCapture(net, ["features.relu1"]) as capture:
+            net.eval()(result.model_input[0])
+            acts = Activations(torch.zeros(4, 1), capture.take())
+        return -Diversity("features.relu1")(acts).mean().item()  # mean Gram cosine similarity
+
+    assert similarity(diverse) < similarity(plain) - 0.01
+    assert not torch.equal(diverse.values, plain.values)
+
+
+class _NanForTarget(Objective):
+    """Class 1's logit, but NaN once it exceeds where it started (so the first steps are fine)."""
+
+    @property
+    def description(self) -> str:
+        return "broken target"
+
+    def __call__(self, activations: Activations) -> Tensor:
+        logit = activations.logits[:, 1]
+        return torch.where(logit.detach() > -1e9, logit * float("nan"), logit)
+
+
+def test_nan_raises_an_error_naming_the_target_and_leaves_the_model_as_it_was() -> None:
+    net = _model_with_mixed_state()
+    before = _snapshot(net)
+    with pytest.raises(
+        NonFiniteError, match=r"NaN or infinite at step 0 for target\(s\) \['broken target'\]"
+    ):
+        render(net, [ClassLogit(0), _NanForTarget(), Channel("features.conv2", 0)], **FAST)
+    _assert_unchanged(before, _snapshot(net))  # modes restored and hooks removed on the error path too
+
+
+def _snapshot(model: nn.Module) -> dict:
+    return {
+        "training": [m.training for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "hooks": [len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()],
+    }
+
+
+def _assert_unchanged(before: dict, after: dict) -> None:
+    assert before["training"] == after["training"]
+    assert before["requires_grad"] == after["requires_grad"]
+    for old, new in zip(before["grads"], after["grads"], strict=True):
+        assert (old is None and new is None) or torch.equal(old, new)
+    for key, value in before["state"].items():
+        assert torch.equal(value, after["state"][key]), key
+    assert before["hooks"] == after["hooks"]
+
+
+def _model_with_mixed_state() -> TinyNet:
+    net = TinyNet()
+    net.train()
+    net.features.drop.eval()  # a submodule in its own mode: must come back exactly so
+    net.features.conv1.weight.requires_grad_(False)
+    net.head.weight.grad = torch.full_like(net.head.weight, 7.0)
+    return net
+
+
+def test_no_side_effects_on_the_model() -> None:
+    net = _model_with_mixed_state()
+    before = _snapshot(net)
+    render(net, [0, Channel("features.conv2", 2)], diversity_layer="features.bn1", **FAST)
+    _assert_unchanged(before, _snapshot(net))
+    assert net.features.bn1.num_batches_tracked.item() == 0  # BatchNorm never saw a training-mode batch
+
+
+def test_global_random_states_are_untouched() -> None:
+    net = TinyNet()  # building layers draws from the global RNG; rendering must not
+    torch.manual_seed(123)
+    np.random.seed(123)
+    random.seed(123)
+    states = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    render(net, diversity_layer="features.conv2", **FAST)
+    assert torch.equal(torch.get_rng_state(), states[0])
+    assert np.array_equal(np.random.get_state()[1], states[1])
+    assert random.getstate() == states[2]
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_works_under_no_grad_and_inference_mode(context) -> None:
+    net = _model_with_mixed_state()
+    expected = render(net, colour=_colour(), **FAST)
+    before = _snapshot(net)
+    with context():
+        # A colour transform built under inference mode, as a datamodule set up in a validation loop might.
+        colour = _colour()
+        result = render(net, colour=colour, **FAST)
+    _assert_unchanged(before, _snapshot(net))
+    assert torch.equal(result.rgb, expected.rgb)
+    start = render(net, colour=_colour(), **{**FAST, "steps": 0})
+    assert (result.values - start.values).mean().item() > 0.5  # it optimised, gradients and all
+
+
+def test_dtype_follows_the_model_and_bf16_autocast_still_optimises() -> None:
+    net64 = TinyNet().double()
+    result = render(net64, **FAST)
+    assert result.model_input.dtype == torch.float64 and result.rgb.dtype == torch.float64
+    start = render(TinyNet(), **{**FAST, "steps": 0})
+    bf16 = render(TinyNet(), **{**FAST, "autocast_dtype": torch.bfloat16, "steps": 20})
+    assert (bf16.values > start.values).all()
+
+
+def test_model_colour_and_class_names_are_used_when_present() -> None:
+    net = TinyNet()
+    net.colour = _colour()
+    implicit = render(net, **FAST)
+    explicit = render(net, colour=net.colour, **FAST)
+    assert torch.equal(implicit.rgb, explicit.rgb)
+    identity = render(TinyNet(), **FAST)
+    assert not torch.allclose(identity.model_input, implicit.model_input)
+
+
+def test_config_defaults_match_the_render_signature() -> None:
+    signature = inspect.signature(render).parameters
+    config = RenderConfig()
+    for name, value in config.kwargs().items():
+        assert signature[name].default == value, name
+    custom = RenderConfig(steps=3, images_per_target=1, image_size=8, autocast_dtype=None)
+    result = render(TinyNet(), **custom.kwargs())
+    assert result.rgb.shape == (4, 1, 3, 8, 8)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"steps": -1}, "steps must be an integer >= 0, got -1"),
+        ({"images_per_target": 0}, "images_per_target must be an integer >= 1"),
+        ({"lr": 0.0}, "lr must be a finite number > 0"),
+        ({"optimizer": "lbfgs"}, "optimizer must be 'adam'"),
+        ({"lr_schedule": "step"}, "lr_schedule must be 'cosine' or 'constant', got 'step'"),
+        ({"autocast_dtype": torch.int8}, "autocast_dtype must be"),
+        ({"parameterisation": "wavelet"}, "unknown parameterisation 'wavelet'"),
+    ],
+)
+def test_bad_settings_raise_value_errors(settings: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        render(TinyNet(), **{**FAST, **settings})
+
+
+class _RecordingAdam(torch.optim.Adam):
+    def __init__(self, params: list[Tensor], lr: float) -> None:
+        super().__init__(params, lr=lr)
+        self.seen: list[float] = []
+
+    def step(self, closure: object = None) -> object:
+        self.seen.append(self.param_groups[0]["lr"])
+        return super().step(closure)
+
+
+def test_optimizer_factory_and_learning_rate_schedules() -> None:
+    made: list[_RecordingAdam] = []
+
+    def factory(params: list[Tensor], lr: float) -> torch.optim.Optimizer:
+        made.append(_RecordingAdam(params, lr))
+        return made[-1]
+
+    render(TinyNet(), 0, optimizer=factory, **{**FAST, "steps": 5, "lr": 0.1})
+    expected = [0.1 * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / 5))) for step in range(5)]
+    assert made[0].seen == pytest.approx(expected)
+    assert made[0].seen[0] == pytest.approx(0.1) and made[0].seen[-1] < 0.025
+    render(TinyNet(), 0, optimizer=factory, lr_schedule="constant", **{**FAST, "steps": 3, "lr": 0.1})
+    assert made[1].seen == pytest.approx([0.1, 0.1, 0.1])
+
+
+def test_rectangular_images() -> None:
+    result = render(TinyNet(), 0, **{**FAST, "image_size": (12, 20)})
+    assert result.rgb.shape == (1, 2, 3, 12, 20)
+    with pytest.raises(
+        ValueError, match=r"image_size must be a positive integer or \(height, width\), got 0"
+    ):
+        render(TinyNet(), 0, **{**FAST, "image_size": 0})
+
+
+def test_empty_targets_raise() -> None:
+    with pytest.raises(ValueError, match="targets is empty"):
+        render(TinyNet(), [], **FAST)
+
+
+def test_engine_sources_never_import_lightning_or_global_random_sources() -> None:
+    for path in Path(featvis.engine.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = {
+            alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+        }
+        imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert not any(
+            name.split(".")[0] in {"lightning", "pytorch_lightning", "random"} for name in imported
+        ), path
+        assert "np.random" not in path.read_text() and "torch.manual_seed" not in path.read_text(), path
