@@ -191,10 +191,56 @@ def render_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+class _RGBClassifier:
+    """Wraps a ClassifierModule so it takes RGB in [0, 1], as reference models for transfer accuracy do."""
+
+    @staticmethod
+    def wrap(module):
+        import torch
+
+        class RGBClassifier(torch.nn.Module):
+            def __init__(self, inner) -> None:
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, rgb):
+                return self.inner(self.inner.colour.to_model(rgb))
+
+        return RGBClassifier(module)
+
+
 def _render_metrics(args, module, result, device) -> dict:
-    """Quality metrics of a render (filled in by featvis.engine.metrics)."""
-    return {"mean_value": float(result.values.mean())}
+    """Quality metrics of a class render: robustness, diversity, and with the data or references given,
+    spectral gap against the training set and transfer accuracy."""
+    import torch
+
+    from featvis.engine import metrics as metrics_lib
+
+    rgb = result.rgb.flatten(0, 1).float()
+    count, per_target = result.rgb.shape[:2]
+    groups = torch.arange(count).repeat_interleave(per_target)
+    out: dict = {"mean_objective": float(result.values.float().mean())}
+    features = metrics_lib.penultimate_features(module, rgb.to(device), module.colour.to_model)
+    out["diversity"] = metrics_lib.feature_diversity(features, groups)
+    if args.layer is not None:
+        return out
+    names = list(module.class_names)
+    targets = torch.tensor([names.index(n) for n in _target_names(args, names)]).repeat_interleave(per_target)
+    out["robustness"] = metrics_lib.robustness(module, rgb.to(device), targets, module.colour.to_model)
+    if args.data_dir:
+        from featvis.data import CIFAR10_FOLDER, read_split
+
+        folder = Path(args.data_dir) / CIFAR10_FOLDER
+        if not folder.is_dir():
+            raise RenderError(f"--data-dir {args.data_dir} holds no {CIFAR10_FOLDER} folder.")
+        train_images, _ = read_split(folder, train=True)
+        out["spectral_gap"] = metrics_lib.spectral_gap(rgb.cpu(), train_images.float() / 255)
+    if args.reference:
+        references = [_RGBClassifier.wrap(_load_checkpoint(path, device)) for path in args.reference]
+        out["transfer_accuracy"] = float(metrics_lib.transfer_accuracy(references, rgb.to(device), targets))
+    return out
 
 
-if __name__ == "__main__":
-    console_main()
+def _target_names(args, class_names: list[str]) -> list[str]:
+    indices = _resolve_targets(args.classes, class_names)
+    return [class_names[i] for i in (indices if indices is not None else range(len(class_names)))]
