@@ -1,8 +1,9 @@
 """featvis: watch what an image classifier learns while it trains."""
 
+from featvis.callback import FeatureVisCallback
 from featvis.colour import ColourTransform
 from featvis.data import CIFARDataModule
 from featvis.model import ClassifierModule
 
-__all__ = ["CIFARDataModule", "ClassifierModule", "ColourTransform"]
+__all__ = ["CIFARDataModule", "ClassifierModule", "ColourTransform", "FeatureVisCallback"]
 __version__ = "0.1.0"
