@@ -22,7 +22,7 @@ import torchvision
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from featvis.callback import FeatureVisCallback  # also exported as featvis.FeatureVisCallback
+from featvis import FeatureVisCallback
 
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]

@@ -28,7 +28,16 @@ from torch import Tensor, nn
 
 from featvis import images as img
 from featvis.colour import ColourTransform
-from featvis.engine import Channel, ClassLogit, LayerCapture, Neuron, Objective, preserved_modes, render
+from featvis.engine import (
+    Channel,
+    ClassLogit,
+    LayerCapture,
+    Neuron,
+    Objective,
+    RenderConfig,
+    preserved_modes,
+    render,
+)
 from featvis.engine import metrics as metrics_lib
 from featvis.engine import resolve_layer as _resolve_layer
 
@@ -118,13 +127,13 @@ class FeatureVisCallback(Callback):
         image_size: int | None = None,
         normalization_mean: list[float] | None = None,
         normalization_std: list[float] | None = None,
-        steps: int = 128,
-        lr: float = 0.05,
+        steps: int = RenderConfig.steps,
+        lr: float = RenderConfig.lr,
         parameterisation: Literal["fourier", "pixel"] = "fourier",
         decorrelate: bool = True,
         augment: bool = True,
         diversity_layer: str | None = None,
-        diversity_weight: float = 0.1,
+        diversity_weight: float = RenderConfig.diversity_weight,
         seed: int = 0,
         max_batch_size: int | None = None,
         autocast: Literal["auto", "bf16", "fp16", "none"] = "auto",
