@@ -2,7 +2,7 @@
 
 Three modes::
 
-    # Train the reference classifiers (heavy: run under the CPU lock; about 5 minutes each on two cores).
+    # Train the reference classifiers (heavy: run under the CPU lock; 4-6 minutes each on two idle cores).
     flock /tmp/featvis-cpu.lock python benchmarks/quality.py train --data-dir /work/shared/cifar10
 
     # Score a folder of PNGs laid out DIR/<class name>/<i>.png (32x32 RGB), e.g. written by `featvis render`.

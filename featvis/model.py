@@ -104,6 +104,21 @@ def build_network(name: str, widths: Sequence[int] | None, num_classes: int) -> 
     raise ValueError(f"unknown network {name!r}; choose 'speednet' or 'small_cnn'.")
 
 
+def warmup_linear_decay(step: int, total: int, warmup: int, floor: float = 0.0) -> float:
+    """Learning-rate factor: linear warm-up from 0 over ``warmup`` steps, then linear decay to ``floor``.
+
+    Args:
+        step: the optimiser step, from 0.
+        total: number of steps of the whole schedule.
+        warmup: number of warm-up steps.
+        floor: factor reached at the last step.
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return floor + (1 - floor) * max(0.0, 1 - progress)
+
+
 class ClassifierModule(L.LightningModule):
     """Trains an image classifier on model-space inputs and keeps the data's colour transform in its checkpoint.
 
@@ -223,14 +238,9 @@ class ClassifierModule(L.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(self.hparams.warmup_fraction * total)
         floor = self.hparams.final_lr_fraction
-
-        def lr_factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = (step - warmup) / max(1, total - warmup)
-            return floor + (1 - floor) * max(0.0, 1 - progress)
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_linear_decay(step, total, warmup, floor)
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

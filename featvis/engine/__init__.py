@@ -12,6 +12,16 @@ per-image transforms sized for 32-px images, and returns RGB images in [0, 1]::
 """
 
 from featvis.engine.hooks import LayerCapture, layer_names, preserved_modes, resolve_layer
+from featvis.engine.metrics import (
+    TransferAccuracy,
+    feature_diversity,
+    penultimate_features,
+    plausibility,
+    radial_log_spectrum,
+    robustness,
+    spectral_gap,
+    transfer_accuracy,
+)
 from featvis.engine.objectives import (
     Activations,
     Channel,
@@ -48,6 +58,14 @@ from featvis.engine.transforms import (
 )
 
 __all__ = [
+    "TransferAccuracy",
+    "feature_diversity",
+    "penultimate_features",
+    "plausibility",
+    "radial_log_spectrum",
+    "robustness",
+    "spectral_gap",
+    "transfer_accuracy",
     "Activations",
     "AffineTransform",
     "Channel",
