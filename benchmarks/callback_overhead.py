@@ -109,9 +109,7 @@ def run(args: argparse.Namespace, settings: dict, with_callback: bool, root: Pat
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--data-dir", default="/work/shared/cifar10", help="folder holding cifar-10-batches-py"
-    )
+    parser.add_argument("--data-dir", default="data", help="data_dir holding cifar-10-batches-py")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument(
         "--limit-train-batches", type=int, default=None, help="batches per epoch (default all)"

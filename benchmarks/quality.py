@@ -3,13 +3,13 @@
 Three modes::
 
     # Train the reference classifiers (heavy: run under the CPU lock; 4-6 minutes each on two idle cores).
-    flock /tmp/featvis-cpu.lock python benchmarks/quality.py train --data-dir /work/shared/cifar10
+    python benchmarks/quality.py train --data-dir ../shared/cifar10
 
     # Score a folder of PNGs laid out DIR/<class name>/<i>.png (32x32 RGB), e.g. written by `featvis render`.
-    python benchmarks/quality.py score --pngs DIR --refs /work/runs/ref/*.pt --data-dir /work/shared/cifar10
+    python benchmarks/quality.py score --pngs DIR --refs runs/ref/*.pt --data-dir ../shared/cifar10
 
     # Calibration: score real test images (and uniform noise) the same way.
-    python benchmarks/quality.py score-real --refs /work/runs/ref/*.pt --data-dir /work/shared/cifar10
+    python benchmarks/quality.py score-real --refs runs/ref/*.pt --data-dir ../shared/cifar10
 
 ``score`` reports, per reference model and averaged: transfer accuracy (fraction classified as the folder's
 class), plausibility (nearest-real-neighbour distance in the reference model's penultimate features, relative to
@@ -46,7 +46,7 @@ from featvis.engine.metrics import (  # noqa: E402
 )
 from featvis.images import load_png, safe_name, write_image_folder  # noqa: E402
 
-DEFAULT_REF_DIR = Path("/work/runs/ref")
+DEFAULT_REF_DIR = Path("runs/ref")
 
 
 def load_png_folder(folder: str | Path, class_names: list[str]) -> tuple[Tensor, Tensor, list[str]]:
@@ -93,7 +93,7 @@ def _load_refs(paths: list[str]) -> list[tuple[str, nn.Module, dict]]:
     if not paths:
         raise ValueError(
             f"no reference models given; train them with `quality.py train` (they go to {DEFAULT_REF_DIR}) "
-            "and pass --refs /work/runs/ref/*.pt."
+            "and pass --refs runs/ref/*.pt."
         )
     refs = []
     for path in paths:
@@ -276,9 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train the reference classifiers")
-    train.add_argument(
-        "--data-dir", default="/work/shared/cifar10", help="folder containing cifar-10-batches-py"
-    )
+    train.add_argument("--data-dir", default="data", help="folder containing cifar-10-batches-py")
     train.add_argument(
         "--archs", nargs="+", default=["preact_resnet", "vgg_avg"], choices=sorted(ARCHITECTURES)
     )
@@ -290,9 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext in (("score", "score a folder of PNG visualisations"), ("score-real", "calibration")):
         cmd = sub.add_parser(name, help=helptext)
         cmd.add_argument("--refs", nargs="+", default=[], help="reference model .pt files")
-        cmd.add_argument(
-            "--data-dir", default="/work/shared/cifar10", help="folder containing cifar-10-batches-py"
-        )
+        cmd.add_argument("--data-dir", default="data", help="folder containing cifar-10-batches-py")
         cmd.add_argument("--k", type=int, default=10, help="nearest neighbours of the plausibility")
         cmd.add_argument("--json", help="write the numbers here")
         if name == "score":

@@ -12,7 +12,7 @@ Both sides train the default ``SpeedNet`` with SGD for the same number of steps 
 
 It prints a markdown table and the ratio of the two rates. Heavy: on a shared CPU, run it under the CPU lock::
 
-    flock /tmp/featvis-cpu.lock python benchmarks/train_throughput.py --data-dir /work/shared/cifar10
+    python benchmarks/train_throughput.py --data-dir ../shared/cifar10
 
 Without ``--data-dir`` it writes random images in the official CIFAR-10 format to a temporary folder.
 """
