@@ -42,6 +42,11 @@ def console_main() -> None:
     """Entry point of the ``featvis`` console script: ``featvis render ...`` or a LightningCLI subcommand."""
     if sys.argv[1:2] == ["render"]:
         sys.exit(render_main(sys.argv[2:]))
+    if sys.argv[1:] in (["-h"], ["--help"]):
+        # LightningCLI's parser knows only its own subcommands; name ours first.
+        print(
+            "featvis render --help    render a ClassifierModule checkpoint into PNGs (see below for training)\n"
+        )
     main()
 
 
