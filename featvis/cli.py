@@ -89,6 +89,11 @@ def _render_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_progress(done: int, total: int) -> None:
+    if done == total or done % max(1, total // 8) == 0:
+        print(f"featvis render: step {done}/{total}", file=sys.stderr, flush=True)
+
+
 def _resolve_targets(classes: Sequence[str] | None, class_names: list[str]) -> list[int] | None:
     if not classes:
         return None
@@ -164,6 +169,8 @@ def render_main(argv: Sequence[str] | None = None) -> int:
             print(
                 f"featvis render: {len(names)} targets x {args.images_per_class} images ...", file=sys.stderr
             )
+        if not args.quiet:
+            options["progress"] = _print_progress
         try:
             result = render(module, targets, colour=module.colour, class_names=class_names, **options)
         except ValueError as err:

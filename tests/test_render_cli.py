@@ -118,3 +118,12 @@ def test_bad_checkpoint_and_existing_output(tmp_path, tiny_ckpt, capsys) -> None
     assert code == 2
     assert (keep / "mine.txt").read_text() == "user data"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.ckpt", "keep"]
+
+
+def test_progress_is_reported_on_stderr(tmp_path, tiny_ckpt, capsys) -> None:
+    out = tmp_path / "p"
+    code = render_main(["--ckpt", str(tiny_ckpt), "--out", str(out), "--steps", "8", "--classes", "0"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "step 8/8" in err and "step 1/8" in err
+    assert err.index("step 1/8") < err.index("step 8/8")

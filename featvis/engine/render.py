@@ -132,6 +132,7 @@ def render(
     seed: int = _DEFAULTS.seed,
     max_batch_size: int | None = _DEFAULTS.max_batch_size,
     autocast_dtype: AutocastSetting = _DEFAULTS.autocast_dtype,
+    progress: Callable[[int, int], None] | None = None,
 ) -> RenderResult:
     """Optimise ``images_per_target`` images for each target, all targets in one batch.
 
@@ -162,6 +163,7 @@ def render(
             between targets, so it must be at least ``images_per_target``. Chunking does not change the images.
         autocast_dtype: ``"auto"`` (bfloat16 autocast where the device supports it fast, for float32 models),
             a dtype (``torch.bfloat16`` or ``torch.float16``), or None for no autocast.
+        progress: called as ``progress(done_steps, total_steps)`` after every step (e.g. a progress bar).
 
     Returns:
         A :class:`RenderResult` with RGB images in [0, 1], their model-space version and final values.
@@ -264,6 +266,8 @@ def render(
                     _check_finite(values, grad, objectives[begin:stop], images_per_target, step)
                     param.parameter.grad = grad
                 optim.step()
+                if progress is not None:
+                    progress(step + 1, steps)
 
             rgb, model_input, values = _final(params, squash, forward, objectives, bounds, images_per_target)
     shape = (count, images_per_target, 3, height, width)
