@@ -26,6 +26,7 @@ from featvis.engine.hooks import LayerCapture, preserved_modes, resolve_layer
 from featvis.engine.objectives import Activations, ClassLogit, Diversity, Objective, as_objective
 from featvis.engine.param import ColourSquash, ImageParam, Parameterisation, make_image_param
 from featvis.engine.transforms import Compose, Transform, default_transforms, slice_params
+from featvis.images import grid as image_grid
 
 OptimizerFactory = Callable[[list[Tensor], float], torch.optim.Optimizer]
 AutocastSetting = Literal["auto"] | torch.dtype | None
@@ -98,13 +99,8 @@ class RenderResult:
             padding: pixels between images.
             pad_value: colour of the gaps, in [0, 1].
         """
-        rows, cols, channels, height, width = self.rgb.shape
-        cell_h, cell_w = height + padding, width + padding
-        canvas = self.rgb.new_full((channels, rows * cell_h + padding, cols * cell_w + padding), pad_value)
-        for row, col in itertools.product(range(rows), range(cols)):
-            top, left = padding + row * cell_h, padding + col * cell_w
-            canvas[:, top : top + height, left : left + width] = self.rgb[row, col]
-        return canvas
+        # One tiling routine for the engine, the callback and `featvis render`.
+        return image_grid(self.rgb, scale=1, padding=padding, fill=pad_value).to(self.rgb)
 
 
 _DEFAULTS = RenderConfig()
