@@ -25,6 +25,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -319,9 +320,14 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-if __name__ == "__main__":
+def run_script(entry: Callable[[], object]) -> None:
+    """Run a benchmark's ``main``; a user error (bad value, missing file) prints one line and exits with 2."""
     try:
-        main()
+        entry()
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    run_script(main)

@@ -129,12 +129,11 @@ def run_featvis(data_dir: Path, args: argparse.Namespace, device: torch.device) 
     datamodule = CIFARDataModule(data_dir=str(data_dir), batch_size=args.batch_size, download=False)
     datamodule.setup("fit")
     # on_after_batch_transfer augments when the trainer is training; stand in for the Trainer.
-    datamodule.trainer = SimpleNamespace(training=True)
+    datamodule.trainer = SimpleNamespace(training=True, current_epoch=0)
     batches = _cycle(datamodule.train_dataloader)
 
     def next_batch() -> tuple[Tensor, Tensor]:
-        images, labels = next(batches)
-        batch = (images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
+        batch = tuple(part.to(device, non_blocking=True) for part in next(batches))
         return datamodule.on_after_batch_transfer(batch, 0)
 
     net = SpeedNet().to(device, memory_format=torch.channels_last)

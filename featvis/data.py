@@ -12,6 +12,7 @@ import tarfile
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -114,14 +115,14 @@ def read_class_names(folder: str | Path) -> list[str]:
 
 
 def random_crop_flip(
-    images: Tensor, padding: int, flip: bool, generator: torch.Generator | None = None
+    images: Tensor, padding: int, flip: bool | Tensor, generator: torch.Generator | None = None
 ) -> Tensor:
     """Batched random crop (reflect padding) and horizontal flip, one draw per image.
 
     Args:
         images: ``(N, C, H, W)`` float images.
         padding: pixels of reflect padding before cropping back to ``H x W``; 0 disables the crop.
-        flip: whether to flip a random half of the images horizontally.
+        flip: True flips a random half of the images horizontally; a boolean ``(N,)`` tensor says which.
         generator: random source on the images' device; None uses the global one.
     """
     n, _, height, width = images.shape
@@ -135,8 +136,17 @@ def random_crop_flip(
         batch_index = torch.arange(n, device=device).view(n, 1, 1)
         # Advanced indexing gathers every image's own window at once: (N, H, W, C).
         images = padded.permute(0, 2, 3, 1)[batch_index, rows, cols].permute(0, 3, 1, 2)
-    if flip:
+    if isinstance(flip, Tensor):
+        if flip.shape != (n,) or flip.dtype != torch.bool:
+            raise ValueError(
+                f"a flip mask must be a bool tensor of shape ({n},), got {flip.dtype} {tuple(flip.shape)}."
+            )
+        flipped = flip.to(device)
+    elif flip:
         flipped = torch.rand(n, device=device, generator=generator) < 0.5
+    else:
+        flipped = None
+    if flipped is not None:
         images = torch.where(flipped.view(n, 1, 1, 1), images.flip(3), images)
     return images.contiguous()
 
@@ -144,15 +154,18 @@ def random_crop_flip(
 class _TensorBatches(Dataset):
     """Indexed by a list of indices, returns a whole batch at once (no per-sample collation)."""
 
-    def __init__(self, images: Tensor, labels: Tensor) -> None:
+    def __init__(self, images: Tensor, labels: Tensor, with_indices: bool = False) -> None:
         self.images = images
         self.labels = labels
+        self.with_indices = with_indices
 
     def __len__(self) -> int:
         return self.labels.shape[0]
 
-    def __getitem__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, indices: list[int]) -> tuple[Tensor, ...]:
         index = torch.as_tensor(indices)
+        if self.with_indices:  # training batches carry their image indices, for per-image flip states
+            return self.images[index], self.labels[index], index
         return self.images[index], self.labels[index]
 
 
@@ -195,7 +208,9 @@ class CIFARDataModule(L.LightningDataModule):
             covariance); if False, plain per-channel mean/std normalisation.
         val_size: number of training images held out for validation; 0 validates on the 10,000-image test split.
         crop_padding: reflect padding of the random-crop augmentation, in pixels (0 disables it).
-        flip: random horizontal flips during training.
+        flip: horizontal flips during training: ``"random"`` (each image with probability 1/2 every epoch),
+            ``"alternating"`` (a random half in even epochs, the other half in odd epochs, so every image is seen
+            both ways in any two consecutive epochs), or ``"none"``.
         seed: seed of the shuffling order and of the held-out split.
         num_workers: DataLoader worker processes; batches are slices of in-memory tensors, so 0 is usually fastest.
     """
@@ -209,7 +224,7 @@ class CIFARDataModule(L.LightningDataModule):
         decorrelate: bool = True,
         val_size: int = 0,
         crop_padding: int = 4,
-        flip: bool = True,
+        flip: Literal["random", "alternating", "none"] = "random",
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
@@ -223,6 +238,8 @@ class CIFARDataModule(L.LightningDataModule):
         ):
             if not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+        if flip not in ("random", "alternating", "none"):
+            raise ValueError(f"flip must be 'random', 'alternating' or 'none', got {flip!r}.")
         self.save_hyperparameters()
         self.data_dir = Path(data_dir)
         self.classes: list[str] = []
@@ -279,6 +296,9 @@ class CIFARDataModule(L.LightningDataModule):
         else:
             self._splits["val"] = test
         self._splits["train"] = (train_images, train_labels)
+        # Flip state of each training image in even epochs (alternating flips), from the data seed.
+        generator = torch.Generator().manual_seed(self.hparams.seed + 1)
+        self._flip_even = torch.rand(train_images.shape[0], generator=generator) < 0.5
         self._splits["test"] = test
         if self.hparams.decorrelate:
             self.colour = ColourTransform.from_pixels(train_images)
@@ -301,7 +321,7 @@ class CIFARDataModule(L.LightningDataModule):
         batch_size = self.hparams.batch_size if shuffle else self.hparams.eval_batch_size
         sampler = _BatchIndices(len(labels), batch_size, shuffle, drop_last=shuffle, seed=self.hparams.seed)
         return DataLoader(
-            _TensorBatches(images, labels),
+            _TensorBatches(images, labels, with_indices=shuffle),
             sampler=sampler,
             batch_size=None,
             num_workers=self.hparams.num_workers,
@@ -334,12 +354,21 @@ class CIFARDataModule(L.LightningDataModule):
             self.setup()
         return self.colour.to(model_space.device).to_rgb(model_space)
 
+    def flip_mask(self, indices: Tensor, epoch: int) -> bool | Tensor:
+        """Which training images (by index) are mirrored in ``epoch``, per the ``flip`` setting."""
+        mode = self.hparams.flip
+        if mode == "alternating":
+            return self._flip_even.to(indices.device)[indices] ^ bool(epoch % 2)
+        return mode == "random"
+
     def on_after_batch_transfer(self, batch: Sequence[Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
-        images, labels = batch
+        images, labels = batch[0], batch[1]
         images = images.float().div_(255)
         trainer = self.trainer
         if trainer is not None and trainer.training:
-            images = random_crop_flip(images, self.hparams.crop_padding, self.hparams.flip)
+            indices = batch[2] if len(batch) > 2 else torch.arange(labels.shape[0], device=labels.device)
+            flip = self.flip_mask(indices, getattr(trainer, "current_epoch", 0))
+            images = random_crop_flip(images, self.hparams.crop_padding, flip)
         images = self.to_model_space(images).contiguous(memory_format=torch.channels_last)
         return images, labels
 

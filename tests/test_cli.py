@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from featvis.cli import main
 from featvis.model import load_classifier
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "cifar10.yaml")
@@ -85,7 +88,9 @@ def test_fit_validate_test_on_synthetic_data(cifar_dir: Path, tmp_path: Path) ->
     # The config was applied: bf16 autocast, the default network, and the linked number of classes.
     assert cli.trainer.precision == "bf16-mixed"
     assert cli.model.hparams.network == "speednet" and cli.model.hparams.num_classes == 10
-    assert cli.model.hparams.lr == 1.0
+    config = yaml.safe_load((REPO_ROOT / "configs" / "cifar10.yaml").read_text())
+    for key in ("lr", "widths", "tta", "bias_lr_scale"):
+        assert cli.model.hparams[key] == config["model"][key], key
 
     module = load_classifier(str(checkpoint))
     assert module.class_names == CLASS_NAMES
@@ -114,7 +119,7 @@ def test_fit_help_lists_model_and_data_arguments_with_docstrings(capsys: pytest.
     for argument in (
         "--model.network",
         "--model.lr",
-        "--model.flip_tta",
+        "--model.tta",
         "--data.data_dir",
         "--data.val_size",
     ):

@@ -373,7 +373,7 @@ def test_each_batch_file_is_read_once(cifar_dir: Path, monkeypatch: pytest.Monke
             datamodule.val_dataloader(),
             datamodule.test_dataloader(),
         ):
-            for images, _labels in loader:
+            for images, *_ in loader:
                 assert images.dtype == torch.uint8
     datamodule.setup("test")
     datamodule.split("train")
@@ -383,7 +383,7 @@ def test_each_batch_file_is_read_once(cifar_dir: Path, monkeypatch: pytest.Monke
     rows = {img.numpy().tobytes(): int(y) for img, y in zip(images, labels, strict=True)}
     seen = [
         (img.numpy().tobytes(), int(y))
-        for batch_images, batch_labels in datamodule.train_dataloader()
+        for batch_images, batch_labels, _ in datamodule.train_dataloader()
         for img, y in zip(batch_images, batch_labels, strict=True)
     ]
     assert len(seen) == 100 and {k for k, _ in seen} == set(rows)
@@ -449,3 +449,30 @@ def test_real_cifar10_shapes_and_sizes(real_cifar_dir: Path) -> None:
     assert torch.equal(datamodule.split("val")[0], test_images)
     # Real photos use the full range and are not constant.
     assert int(train_images.min()) == 0 and int(train_images.max()) == 255
+
+
+def test_alternating_flip_mirrors_each_image_in_every_other_epoch(cifar_dir: Path) -> None:
+    datamodule = CIFARDataModule(data_dir=str(cifar_dir), batch_size=10, flip="alternating", crop_padding=0)
+    datamodule.setup("fit")
+    images, labels, indices = next(iter(datamodule.train_dataloader()))
+    assert torch.equal(datamodule.split("train")[0][indices], images)  # indices name the batch's images
+    states = []
+    for epoch in range(4):
+        datamodule.trainer = SimpleNamespace(training=True, current_epoch=epoch)
+        out, _ = datamodule.on_after_batch_transfer((images.clone(), labels, indices), 0)
+        rgb = (datamodule.to_rgb(out) * 255).round()
+        flipped = [bool(torch.equal(rgb[i], images[i].float().flip(-1))) for i in range(len(indices))]
+        assert all(f or torch.equal(rgb[i], images[i].float()) for i, f in enumerate(flipped))
+        states.append(torch.tensor(flipped))
+    # Even epochs repeat one state, odd epochs its complement; both states occur within an epoch.
+    assert torch.equal(states[0], states[2]) and torch.equal(states[1], states[3])
+    assert torch.equal(states[1], ~states[0])
+    assert 0 < int(states[0].sum()) < len(indices)
+    mask = datamodule.flip_mask(torch.arange(100), 0)
+    assert 30 <= int(mask.sum()) <= 70
+    assert CIFARDataModule(data_dir=str(cifar_dir), flip="random").flip_mask(torch.arange(3), 1) is True
+    assert CIFARDataModule(data_dir=str(cifar_dir), flip="none").flip_mask(torch.arange(3), 1) is False
+    with pytest.raises(ValueError, match="flip must be"):
+        CIFARDataModule(data_dir=str(cifar_dir), flip=True)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"flip mask must be a bool tensor of shape \(2,\)"):
+        random_crop_flip(images[:2].float(), 0, torch.ones(3, dtype=torch.bool))

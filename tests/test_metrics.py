@@ -130,7 +130,7 @@ def test_robustness_restores_modes_uses_no_global_rng_and_is_deterministic():
     model.train()
     model.group1.eval()  # a mixed state must come back exactly
     modes = {name: m.training for name, m in model.named_modules()}
-    stats = model.stem.bn.running_mean.clone()
+    stats = model.group2.conv1.bn.running_mean.clone()
     images, targets = _noise(4, 0), [0, 1, 2, 3]
     torch.manual_seed(0)
     expected_next = torch.rand(1)
@@ -138,7 +138,7 @@ def test_robustness_restores_modes_uses_no_global_rng_and_is_deterministic():
     first = robustness(model, images, targets, repeats=3, seed=5)
     assert torch.rand(1) == expected_next  # the global RNG was not advanced
     assert {name: m.training for name, m in model.named_modules()} == modes
-    assert torch.equal(model.stem.bn.running_mean, stats)
+    assert torch.equal(model.group2.conv1.bn.running_mean, stats)
     assert robustness(model, images, targets, repeats=3, seed=5) == first
     assert 0.0 < first < 1.0
 
@@ -235,12 +235,12 @@ def test_penultimate_features_hook_matches_manual_forward_and_features_method():
     features = penultimate_features(model, images, batch_size=2)
     model.eval()
     with torch.no_grad():
-        manual = model.flatten(model.pool(model.group2(model.group1(model.stem(images)))))
+        manual = model.flatten(model.pool(model.group3(model.group2(model.group1(model.stem(images))))))
     assert features.shape == (5, 16)
     assert torch.allclose(features, manual, atol=1e-5)
     model.train()
     penultimate_features(model, images)
-    assert model.training and model.stem.bn.training  # train mode restored
+    assert model.training and model.group1.conv1.bn.training  # train mode restored
 
     class WithFeatures(nn.Module):
         def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -15,10 +15,10 @@ from lightning.pytorch.loggers import Logger
 
 from featvis.colour import ColourTransform
 from featvis.data import CIFARDataModule
-from featvis.model import ClassifierModule, SmallCNN, SpeedNet, build_network, load_classifier
+from featvis.model import ClassifierModule, PatchWhitening, SmallCNN, SpeedNet, build_network, load_classifier
 
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-TINY_WIDTHS = [8, 16, 16, 16]
+TINY_WIDTHS = [8, 16, 16]
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +58,7 @@ class RecordingLogger(Logger):
 
 
 def test_speednet_layers_and_output() -> None:
-    net = SpeedNet(widths=(8, 16, 32), num_classes=7)
+    net = SpeedNet(widths=(8, 16), num_classes=7)
     names = {name for name, _ in net.named_modules()}
     assert {"stem.conv", "group1.conv1.conv", "group1.conv2.conv", "group2.conv1.conv", "head"} <= names
     assert "group3" not in names
@@ -92,7 +92,9 @@ def test_small_cnn_and_build_network() -> None:
         ({"label_smoothing": 1.0}, "label_smoothing"),
         ({"class_names": ["a", "b"]}, "class_names"),
         ({"network": "vgg"}, "unknown network"),
-        ({"widths": [8]}, "widths"),
+        ({"widths": [0, 8]}, "widths"),
+        ({"bias_lr_scale": 0.0}, "bias_lr_scale"),
+        ({"tta": "crop"}, "tta"),
         ({"network": "small_cnn", "widths": [8, 8]}, "widths"),
     ],
 )
@@ -185,7 +187,7 @@ def test_training_learns_the_synthetic_classes(tmp_path: Path) -> None:
     write_cifar_folder(data_dir, per_batch=100, seed=0)
     torch.manual_seed(0)
     datamodule = CIFARDataModule(data_dir=str(data_dir), batch_size=25, eval_batch_size=100)
-    model = ClassifierModule(widths=[16, 32, 32, 32], lr=0.2, label_smoothing=0.0)
+    model = ClassifierModule(widths=[16, 32, 32], lr=0.2, label_smoothing=0.0)
     trainer = _trainer(tmp_path, RecordingLogger(), epochs=5)
     datamodule.setup("fit")
     before = _accuracy(model, datamodule)
@@ -214,3 +216,88 @@ def test_class_names_hyperparameter_wins_over_datamodule(cifar_dir: Path, tmp_pa
     trainer.fit(model, datamodule=datamodule)
     assert model.class_names == names
     assert torch.equal(model.colour.mean, datamodule.colour.mean)
+
+
+def test_patch_whitening_fit_whitens_patches() -> None:
+    """After fit, the first half of the stem's outputs (before GELU) have identity covariance on the data."""
+    generator = torch.Generator().manual_seed(0)
+    # Smooth, correlated images: neighbouring pixels and channels share most of their variance.
+    base = torch.randn(64, 1, 18, 18, generator=generator)
+    images = torch.nn.functional.avg_pool2d(base, 3, stride=1) * torch.tensor([1.0, 0.8, 0.5]).view(
+        1, 3, 1, 1
+    )
+    images = images + 0.1 * torch.randn(images.shape, generator=generator)
+    stem = PatchWhitening(3, kernel_size=2, eps=0.0)
+    assert not bool(stem.fitted)
+    stem.fit(images)
+    assert bool(stem.fitted) and not stem.conv.weight.requires_grad
+    with torch.no_grad():
+        outputs = stem.conv(images) - stem.conv.bias.view(1, -1, 1, 1)
+    half = outputs[:, :12].permute(1, 0, 2, 3).reshape(12, -1)
+    covariance = half @ half.T / half.shape[1]
+    torch.testing.assert_close(covariance, torch.eye(12), atol=2e-3, rtol=0)
+    # The second half are the same filters with the opposite sign.
+    torch.testing.assert_close(stem.conv.weight[12:], -stem.conv.weight[:12])
+    with pytest.raises(ValueError, match=r"\(N, 3, H >= 2, W >= 2\)"):
+        stem.fit(torch.zeros(2, 1, 8, 8))
+
+
+def test_stem_is_fitted_on_the_first_training_batch_and_kept_on_resume(
+    cifar_dir: Path, tmp_path: Path
+) -> None:
+    datamodule = CIFARDataModule(data_dir=str(cifar_dir), batch_size=20, eval_batch_size=50)
+    model = ClassifierModule(widths=TINY_WIDTHS, lr=0.05)
+    initial = model.net.stem.conv.weight.clone()
+    trainer = _trainer(tmp_path, RecordingLogger(), epochs=1)
+    trainer.fit(model, datamodule=datamodule)
+    fitted = model.net.stem.conv.weight.clone()
+    assert bool(model.net.stem.fitted) and not torch.equal(fitted, initial)
+
+    # Resuming restores the fitted filters from the checkpoint instead of refitting them on another batch.
+    resumed = ClassifierModule(widths=TINY_WIDTHS, lr=0.05)
+    trainer = _trainer(tmp_path, RecordingLogger(), epochs=2)
+    trainer.fit(resumed, datamodule=datamodule, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert torch.equal(resumed.net.stem.conv.weight, fitted)
+
+
+def test_batchnorm_biases_get_the_scaled_learning_rate_and_matching_decay(tmp_path: Path) -> None:
+    model = ClassifierModule(widths=TINY_WIDTHS, lr=0.5, weight_decay=1e-3, bias_lr_scale=64.0)
+    trainer = L.Trainer(default_root_dir=tmp_path, max_steps=10, logger=False, enable_progress_bar=False)
+    model.trainer = trainer
+    optimizer = model.configure_optimizers()["optimizer"]
+    others, biases = optimizer.param_groups
+    bn_biases = {id(m.bias) for m in model.net.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert {id(p) for p in biases["params"]} == bn_biases
+    # LambdaLR keeps the peak rate as initial_lr (lr itself already carries the warm-up factor).
+    assert biases["initial_lr"] == pytest.approx(32.0) and biases["weight_decay"] == pytest.approx(1e-3 / 64)
+    assert others["initial_lr"] == pytest.approx(0.5) and others["weight_decay"] == pytest.approx(1e-3)
+    # Frozen tensors (the whitening filters, BatchNorm scales) are not optimised at all.
+    optimised = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert id(model.net.stem.conv.weight) not in optimised
+    assert all(
+        id(m.weight) not in optimised for m in model.net.modules() if isinstance(m, torch.nn.BatchNorm2d)
+    )
+    assert optimised == {id(p) for p in model.net.parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("tta", ["none", "flip", "flip_translate"])
+def test_test_time_augmentation_averages_the_documented_views(tta: str) -> None:
+    model = ClassifierModule(widths=TINY_WIDTHS, tta=tta, channels_last=False).eval()
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        got = model.predict_logits(images)
+        padded = torch.nn.functional.pad(images, (1, 1, 1, 1), mode="reflect")
+        views = {
+            "none": [images],
+            "flip": [images, images.flip(3)],
+        }
+        if tta == "flip_translate":
+            up_left, down_right = padded[..., :32, :32], padded[..., 2:, 2:]
+            plain = (model(images) + model(images.flip(3))) / 2
+            shifted = [(model(v) + model(v.flip(3))) / 2 for v in (up_left, down_right)]
+            expected = (plain + (shifted[0] + shifted[1]) / 2) / 2
+        else:
+            expected = torch.stack([model(v) for v in views[tta]]).mean(0)
+    torch.testing.assert_close(got, expected)
+    if tta != "none":
+        assert not torch.allclose(got, model(images))

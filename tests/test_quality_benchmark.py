@@ -162,3 +162,45 @@ def test_cli_train_score_and_score_real(bigger_cifar, tmp_path, monkeypatch, cap
     # Synthetic images are flat colours plus white noise, so uniform noise is spectrally close to them; the
     # plausibility of real images stays near 1 (different images, same distribution).
     assert 0.5 < real["real"]["plausibility"]["mean"] < 2.0
+
+
+def test_ablation_renders_every_variant_and_scores_it(bigger_cifar, tmp_path, capsys):
+    import lightning as L
+
+    from benchmarks import ablation
+    from featvis.data import CIFARDataModule
+    from featvis.model import ClassifierModule
+
+    refs = []
+    for arch, seed in (("preact_resnet", 0), ("vgg_avg", 1)):
+        path = tmp_path / "ref" / f"{arch}_seed{seed}.pt"
+        train_reference(arch, seed, bigger_cifar, 1, path, batch_size=100, widths=TINY, log=None)
+        refs.append(str(path))
+    L.seed_everything(0)
+    model = ClassifierModule(widths=[4, 8], channels_last=False)
+    trainer = L.Trainer(max_steps=2, logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer.fit(model, CIFARDataModule(data_dir=str(bigger_cifar), batch_size=50, download=False))
+    ckpt = tmp_path / "tiny.ckpt"
+    trainer.save_checkpoint(ckpt)
+
+    out = tmp_path / "ablation.json"
+    args = ["--ckpt", str(ckpt), "--refs", *refs, "--data-dir", str(bigger_cifar), "--steps", "4", "--k", "3"]
+    rows = ablation.main([*args, "--diversity-layer", "net.group1", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert [row["name"] for row in rows] == [name for name, _ in ablation.variants("net.group1", 2.0)]
+    assert "| pixel only |" in printed and "| + diversity |" in printed
+    assert json.loads(out.read_text())["rows"][0]["transforms"] == "none"
+    # Each row changes exactly one ingredient: the settings of consecutive rows differ.
+    settings = [json.dumps(row["settings"], sort_keys=True) + row["transforms"] for row in rows]
+    assert len(set(settings)) == len(rows)
+    for row in rows:
+        assert 0.0 <= row["transfer"] <= 1.0 and row["spectral_gap"] > 0 and row["seconds"] > 0
+    # Fourier images have a smoother spectrum than pixel images from the same start and steps.
+    assert rows[2]["spectral_gap"] != rows[1]["spectral_gap"]
+
+
+def test_ablation_quantise_matches_png_levels():
+    from benchmarks.ablation import quantise
+
+    rgb = torch.tensor([-0.2, 0.0, 0.5, 0.70001, 1.3])
+    assert torch.equal(quantise(rgb) * 255, torch.tensor([0.0, 0.0, 128.0, 179.0, 255.0]))
