@@ -357,10 +357,13 @@ def slice_params(params: Params, index: slice) -> Params:
 def default_transforms(image_size: int = 32) -> list[Transform]:
     """Transforms sized for ``image_size``-px images.
 
-    For 32 px: pad 4 (random colour), jitter 4, scale 0.6-1.4, rotate 45 degrees, jitter 2, mirror. Tuned on the
-    quality metrics (transfer to other classifiers, natural spectra, plausibility): weaker transforms leave
-    adversarial high-frequency patterns, while the ImageNet presets (pad 12, jitter 8, on 224 px) would push a
-    32-px object out of the frame. Pixel magnitudes grow in proportion to the image size.
+    For 32 px: pad 2 (random colour), jitter 2, scale 0.8-1.2, rotate 20 degrees, jitter 1, mirror. Tuned on the
+    quality metrics over three render seeds (``benchmarks/quality.py``): on the default CIFAR-10 model these
+    reach about 98% transfer to independently trained classifiers, including one held out of the tuning, where
+    the earlier, stronger set (pad 4, jitter 4, scale 0.6-1.4, rotate 45) reached 88-89% and a still stronger
+    one 82% (``benchmarks/ablation.py`` measures what each ingredient of the method adds). The ImageNet presets
+    (pad 12, jitter 8, on 224 px) would push a 32-px object out of the frame. Pixel magnitudes grow in
+    proportion to the image size.
 
     Args:
         image_size: side length of the rendered images.
@@ -369,10 +372,10 @@ def default_transforms(image_size: int = 32) -> list[Transform]:
         raise ValueError(f"image_size must be a positive integer, got {image_size!r}.")
     unit = image_size / 32
     return [
-        Pad(max(1, round(4 * unit))),
-        Jitter(4 * unit),
-        Scale(0.6, 1.4),
-        Rotate(45.0),
+        Pad(max(1, round(2 * unit))),
         Jitter(2 * unit),
+        Scale(0.8, 1.2),
+        Rotate(20.0),
+        Jitter(1 * unit),
         Flip(),
     ]
