@@ -211,7 +211,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--batches", type=int, default=20, help="timed training steps per pipeline (default 20)"
     )
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before timing (default 3)")
-    parser.add_argument("--batch-size", type=int, default=512, help="images per step (default 512)")
+    parser.add_argument(
+        "--batch-size", type=int, default=1000, help="images per step (default 1000, as configs/cifar10.yaml)"
+    )
     parser.add_argument(
         "--workers", type=int, default=2, help="DataLoader workers of the baseline (default 2)"
     )
