@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -35,8 +36,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from featvis.data import CIFAR10_FOLDER, TEST_BATCH, TRAIN_BATCHES, CIFARDataModule, read_split
-from featvis.model import SpeedNet
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.callback_overhead import CONFIG, load_config  # noqa: E402
+from featvis.data import CIFAR10_FOLDER, TEST_BATCH, TRAIN_BATCHES, CIFARDataModule, read_split  # noqa: E402
+from featvis.model import SpeedNet  # noqa: E402
 
 LABEL_SMOOTHING = 0.2
 
@@ -211,8 +216,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--batches", type=int, default=20, help="timed training steps per pipeline (default 20)"
     )
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before timing (default 3)")
+    config_batch_size = load_config(CONFIG)["config"]["data"]["batch_size"]
     parser.add_argument(
-        "--batch-size", type=int, default=1000, help="images per step (default 1000, as configs/cifar10.yaml)"
+        "--batch-size",
+        type=int,
+        default=config_batch_size,
+        help=f"images per step (default {config_batch_size}, data.batch_size of configs/cifar10.yaml)",
     )
     parser.add_argument(
         "--workers", type=int, default=2, help="DataLoader workers of the baseline (default 2)"
