@@ -13,7 +13,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from featvis.cli import main
-from featvis.model import load_classifier
+from featvis.model import ClassifierModule, load_classifier
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -171,3 +171,35 @@ def test_default_config_reaches_75_percent_in_two_epochs(real_cifar_dir: Path, t
     assert len(scalars["val/acc"]) == 2 and scalars["val/acc"][-1] == pytest.approx(val_acc, abs=1e-6)
     module = load_classifier(str(log_dir / "cifar10" / "version_0" / "checkpoints" / "last.ckpt"))
     assert module.class_names == CLASS_NAMES
+
+
+@pytest.mark.parametrize(
+    ("overlay", "expected"),
+    [
+        ("cifar10_wide.yaml", {"network": "speednet", "widths": [128, 384, 384], "val_tta": "flip"}),
+        ("cifar10_small_cnn.yaml", {"network": "small_cnn", "widths": None, "tta": "flip"}),
+    ],
+)
+def test_overlay_configs_change_only_what_they_name(
+    overlay: str, expected: dict[str, object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", CONFIG, "--config", str(REPO / "configs" / overlay), "--print_config"])
+    assert info.value.code == 0
+    merged = yaml.safe_load(capsys.readouterr().out)
+    default = yaml.safe_load(Path(CONFIG).read_text())
+    layer = yaml.safe_load((REPO / "configs" / overlay).read_text())
+    for key, value in expected.items():
+        assert merged["model"][key] == value, key
+    # Everything the overlay does not name keeps the default config's value, callbacks included.
+    assert [c["class_path"] for c in merged["trainer"]["callbacks"]] == [
+        c["class_path"] for c in default["trainer"]["callbacks"]
+    ]
+    for section in ("model", "data"):
+        for key, value in default[section].items():
+            if key not in layer.get(section, {}):
+                assert merged[section][key] == value, f"{section}.{key}"
+    assert merged["trainer"]["logger"]["init_args"]["name"] == Path(overlay).stem
+    # The merged model section builds (its values pass ClassifierModule's checks).
+    model = ClassifierModule(**merged["model"])
+    assert model.hparams.widths == expected["widths"]

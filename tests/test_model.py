@@ -95,6 +95,7 @@ def test_small_cnn_and_build_network() -> None:
         ({"widths": [0, 8]}, "widths"),
         ({"bias_lr_scale": 0.0}, "bias_lr_scale"),
         ({"tta": "crop"}, "tta"),
+        ({"val_tta": "crop"}, "val_tta"),
         ({"network": "small_cnn", "widths": [8, 8]}, "widths"),
     ],
 )
@@ -301,3 +302,28 @@ def test_test_time_augmentation_averages_the_documented_views(tta: str) -> None:
     torch.testing.assert_close(got, expected)
     if tta != "none":
         assert not torch.allclose(got, model(images))
+
+
+def test_validation_uses_val_tta_while_test_keeps_tta() -> None:
+    model = ClassifierModule(
+        widths=TINY_WIDTHS, tta="flip_translate", val_tta="none", channels_last=False
+    ).eval()
+    images, labels = torch.randn(6, 3, 32, 32), torch.arange(6) % 10
+    modes: list[str | None] = []
+    configured = model.predict_logits
+
+    def recording(batch_images: torch.Tensor, tta: str | None = None) -> torch.Tensor:
+        modes.append(tta)
+        return configured(batch_images, tta)
+
+    model.predict_logits = recording  # type: ignore[method-assign]
+    with torch.no_grad(), pytest.warns(UserWarning, match="self.log"):
+        model.validation_step((images, labels), 0)
+        model.test_step((images, labels), 0)
+        plain = model(images).argmax(1)
+        full = model.predict_logits(images, "flip_translate").argmax(1)
+    assert modes[:2] == ["none", None]
+    assert model.val_acc.compute().item() == pytest.approx((plain == labels).float().mean().item())
+    assert model.test_acc.compute().item() == pytest.approx((full == labels).float().mean().item())
+    with pytest.raises(ValueError, match="tta"):
+        configured(images, "mirror")
