@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import lightning as L
 import torch
@@ -14,7 +14,13 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from featvis.colour import ColourTransform
 
-TTA_MODES = ("none", "flip", "flip_translate")
+TTAMode = Literal["none", "flip", "flip_translate"]
+TTA_MODES: tuple[str, ...] = get_args(TTAMode)
+
+
+def _check_tta(name: str, mode: object) -> None:
+    if mode not in TTA_MODES:
+        raise ValueError(f"{name} must be 'none', 'flip' or 'flip_translate', got {mode!r}.")
 
 
 def _conv_bn(in_channels: int, out_channels: int, pool: bool, batchnorm_momentum: float) -> nn.Sequential:
@@ -229,8 +235,8 @@ class ClassifierModule(L.LightningModule):
         initial_lr_fraction: float = 0.0,
         final_lr_fraction: float = 0.0,
         channels_last: bool = True,
-        tta: Literal["none", "flip", "flip_translate"] = "flip",
-        val_tta: Literal["none", "flip", "flip_translate"] | None = None,
+        tta: TTAMode = "flip",
+        val_tta: TTAMode | None = None,
         class_names: list[str] | None = None,
     ) -> None:
         super().__init__()
@@ -242,9 +248,9 @@ class ClassifierModule(L.LightningModule):
             raise ValueError(f"warmup_fraction must lie in [0, 1), got {warmup_fraction}.")
         if bias_lr_scale <= 0:
             raise ValueError(f"bias_lr_scale must be positive, got {bias_lr_scale}.")
-        for name, mode in (("tta", tta), ("val_tta", val_tta)):
-            if mode not in TTA_MODES and not (name == "val_tta" and mode is None):
-                raise ValueError(f"{name} must be 'none', 'flip' or 'flip_translate', got {mode!r}.")
+        _check_tta("tta", tta)
+        if val_tta is not None:
+            _check_tta("val_tta", val_tta)
         if not 0 <= label_smoothing < 1:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}.")
         if class_names is not None and len(class_names) != num_classes:
@@ -290,8 +296,7 @@ class ClassifierModule(L.LightningModule):
             tta: ``"none"``, ``"flip"`` or ``"flip_translate"``; None uses the configured ``tta``.
         """
         tta = self.hparams.tta if tta is None else tta
-        if tta not in TTA_MODES:
-            raise ValueError(f"tta must be 'none', 'flip' or 'flip_translate', got {tta!r}.")
+        _check_tta("tta", tta)
         if tta == "none":
             return self(images)
         logits = self._mirror_average(images)

@@ -15,8 +15,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from featvis.cli import main
 from featvis.model import ClassifierModule, load_classifier
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "cifar10.yaml")
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -88,7 +86,7 @@ def test_fit_validate_test_on_synthetic_data(cifar_dir: Path, tmp_path: Path) ->
     # The config was applied: bf16 autocast, the default network, and the linked number of classes.
     assert cli.trainer.precision == "bf16-mixed"
     assert cli.model.hparams.network == "speednet" and cli.model.hparams.num_classes == 10
-    config = yaml.safe_load((REPO_ROOT / "configs" / "cifar10.yaml").read_text())
+    config = yaml.safe_load(Path(CONFIG).read_text())
     for key in ("lr", "widths", "tta", "bias_lr_scale"):
         assert cli.model.hparams[key] == config["model"][key], key
 
