@@ -1,18 +1,19 @@
 """Ablation of the render engine: what each ingredient of the method adds, measured in one run on one model.
 
 Renders every class of a featvis checkpoint with five cumulative settings and scores each set with the same
-reference classifiers (``benchmarks/quality.py train``) and the same real test images::
+reference classifiers (``python -m benchmarks.quality train``) and the same real test images::
 
-    1. pixel only          pixel parameterisation, RGB colours, no transforms, no diversity
+    1. pixel only          pixel parameterisation, RGB colours, no augmentation, no diversity
     2. + augmentations     the default random transforms inside the forward pass
     3. + Fourier           1/f-scaled Fourier parameterisation
     4. + decorrelated      colours optimised in the data's decorrelated basis (= featvis's defaults)
     5. + diversity         Gram-matrix diversity term on a hidden layer
 
 Every row uses the same seed, steps and learning rate; only the named ingredient changes. Images are rounded to
-8 bits first, exactly as ``featvis render`` writes them. Heavy: on a shared CPU, run it under the CPU lock::
+8 bits first, exactly as ``featvis render`` writes them, and scored by ``featvis.quality.score_render``. Heavy: on
+a shared CPU, run it from the repository root under the CPU lock::
 
-    flock /tmp/featvis-cpu.lock python benchmarks/ablation.py --ckpt last.ckpt --refs runs/ref/*.pt \\
+    flock /tmp/featvis-cpu.lock python -m benchmarks.ablation --ckpt last.ckpt --refs runs/ref/*.pt \\
         --data-dir ../shared/cifar10
 
 It prints a Markdown table (transfer accuracy, spectral gap, plausibility, render seconds); ``--json`` writes it.
@@ -20,28 +21,26 @@ It prints a Markdown table (transfer accuracy, spectral gap, plausibility, rende
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import common
+from featvis.engine import RenderConfig, render
+from featvis.model import load_classifier
+from featvis.quality import reference_spectrum
 
-from benchmarks.quality import _load_refs, _real_test_set, _write_json, run_script, score_images  # noqa: E402
-from featvis.engine import RenderConfig, render  # noqa: E402
-from featvis.model import load_classifier  # noqa: E402
-
-# (row label, settings that differ from the engine's defaults); each row adds one ingredient to the previous.
+# (row label, the RenderConfig settings of the row); each row adds one ingredient to the previous.
 VARIANTS: list[tuple[str, dict[str, Any]]] = [
-    ("pixel only", {"parameterisation": "pixel", "decorrelate": False, "transforms": []}),
-    ("+ augmentations", {"parameterisation": "pixel", "decorrelate": False}),
-    ("+ Fourier", {"parameterisation": "fourier", "decorrelate": False}),
-    ("+ decorrelated colour (defaults)", {"parameterisation": "fourier", "decorrelate": True}),
+    ("pixel only", {"parameterisation": "pixel", "decorrelate": False, "augment": False}),
+    ("+ augmentations", {"parameterisation": "pixel", "decorrelate": False, "augment": True}),
+    ("+ Fourier", {"parameterisation": "fourier", "decorrelate": False, "augment": True}),
+    (
+        "+ decorrelated colour (defaults)",
+        {"parameterisation": "fourier", "decorrelate": True, "augment": True},
+    ),
 ]
 
 
@@ -58,51 +57,58 @@ def quantise(rgb: Tensor) -> Tensor:
 
 def run_ablation(
     model: torch.nn.Module,
-    refs: list,
+    references: list[common.Reference],
     real_images: Tensor,
     real_labels: Tensor,
     diversity_layer: str,
     diversity_weight: float = RenderConfig.diversity_weight,
-    steps: int = RenderConfig.steps,
-    seed: int = 0,
+    config: RenderConfig | None = None,
     k: int = 10,
     log=print,
 ) -> list[dict[str, Any]]:
     """Render and score every variant.
 
     Args:
-        model: the featvis classifier to visualise (with ``colour`` and ``class_names``).
-        refs: ``(name, model, info)`` reference classifiers.
+        model: the featvis ``ClassifierModule`` to visualise (with ``net``, ``colour`` and ``class_names``).
+        references: reference classifiers (``benchmarks.common.load_references``).
         real_images: real test images, RGB in [0, 1].
         real_labels: their classes.
         diversity_layer: layer of the diversity term in the last row.
         diversity_weight: its weight.
-        steps: optimisation steps of every render.
-        seed: seed of every render.
+        config: the settings every row shares (steps, seed, learning rate, ...); None: the defaults. Each row
+            replaces its own ingredients in it.
         k: nearest real neighbours of the plausibility.
         log: receives one line per finished row; None is silent.
 
     Returns:
-        One dict per row: ``name``, ``settings``, ``seconds``, ``transfer``, ``spectral_gap``,
-        ``plausibility``, ``robustness`` (under the visualised model), ``mean_value`` (final objective).
+        One dict per row: ``name``, ``settings``, ``seconds``, ``transfer``, ``transfer_per_model``,
+        ``spectral_gap``, ``plausibility``, ``robustness`` (under the visualised model), ``mean_value`` (final
+        objective).
     """
-    render(model, steps=2)  # warm-up, so the first row's time is not the allocator's
+    config = RenderConfig() if config is None else config
+    render(model, config=config.replace(steps=2))  # warm-up, so the first row's time is not the allocator's
+    spectrum = reference_spectrum(real_images, real_images.shape[-1])
     cache: dict[str, Tensor] = {}
     rows = []
     for name, settings in variants(diversity_layer, diversity_weight):
-        result = render(model, steps=steps, seed=seed, **settings)
-        images = quantise(result.rgb.flatten(0, 1))
-        targets = torch.arange(result.rgb.shape[0]).repeat_interleave(result.rgb.shape[1])
-        scores = score_images(
-            images, targets, refs, real_images, real_labels, k, classifier=model, real_features=cache
+        result = render(model, config=config.replace(**settings))
+        classes = [target.index for target in result.targets]
+        scores = common.quality_scores(
+            quantise(result.rgb),
+            classes,
+            references,
+            (real_images, real_labels),
+            spectrum,
+            classifier=model,
+            real_features=cache,
+            k=k,
         )
         row = {
             "name": name,
-            "settings": {key: value for key, value in settings.items() if key != "transforms"},
-            "transforms": "none" if settings.get("transforms") == [] else "default",
+            "settings": dict(settings),
             "seconds": result.seconds,
             "transfer": scores["transfer"]["mean"],
-            "transfer_per_model": {k: v for k, v in scores["transfer"].items() if k != "mean"},
+            "transfer_per_model": {key: v for key, v in scores["transfer"].items() if key != "mean"},
             "spectral_gap": scores["spectral_gap"],
             "plausibility": scores["plausibility"]["mean"],
             "robustness": scores["robustness"],
@@ -136,44 +142,51 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     Args:
         argv: arguments; None reads ``sys.argv``.
     """
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = common.make_parser("benchmarks.ablation", __doc__)
     parser.add_argument("--ckpt", required=True, help="featvis ClassifierModule checkpoint to visualise")
     parser.add_argument(
-        "--refs", nargs="+", required=True, help="reference model .pt files (quality.py train)"
+        "--refs",
+        nargs="+",
+        required=True,
+        help="reference model .pt files (python -m benchmarks.quality train)",
     )
     parser.add_argument("--data-dir", default="data", help="folder containing cifar-10-batches-py")
     parser.add_argument("--diversity-layer", default="net.group2", help="layer of the diversity term (row 5)")
     parser.add_argument("--diversity-weight", type=float, default=RenderConfig.diversity_weight)
     parser.add_argument("--steps", type=int, default=RenderConfig.steps)
+    parser.add_argument("--images-per-target", type=int, default=RenderConfig.images_per_target)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--k", type=int, default=10, help="nearest neighbours of the plausibility")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args(argv)
 
     model = load_classifier(args.ckpt)
-    real_images, real_labels, _ = _real_test_set(args.data_dir)
-    refs = _load_refs(args.refs)
+    real_images, real_labels, _ = common.real_test_set(args.data_dir)
+    references = common.load_references(args.refs)
     start = time.perf_counter()
     rows = run_ablation(
         model,
-        refs,
+        references,
         real_images,
         real_labels,
         args.diversity_layer,
         args.diversity_weight,
-        args.steps,
-        args.seed,
+        RenderConfig(steps=args.steps, images_per_target=args.images_per_target, seed=args.seed),
         args.k,
     )
     print()
-    print(f"model: {args.ckpt}; references: {', '.join(name for name, _, _ in refs)}; {args.steps} steps")
+    names = ", ".join(name for name, _, _ in references)
+    classes = len(model.class_names)
+    print(
+        f"model: {args.ckpt} ({classes} classes x {args.images_per_target} images, {args.steps} steps, "
+        f"seed {args.seed}); references: {names}"
+    )
     print(markdown_table(rows))
     print(f"(ablation took {time.perf_counter() - start:.0f} s on {torch.get_num_threads()} threads)")
-    _write_json({"ckpt": args.ckpt, "steps": args.steps, "seed": args.seed, "rows": rows}, args.json)
+    settings = {"steps": args.steps, "images_per_target": args.images_per_target, "seed": args.seed}
+    common.write_json({"ckpt": args.ckpt, **settings, "rows": rows}, args.json)
     return rows
 
 
 if __name__ == "__main__":
-    run_script(main)
+    common.run_script(main)

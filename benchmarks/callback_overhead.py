@@ -5,9 +5,9 @@ without and once with the callback as configured there, and times every training
 ``on_train_epoch_start`` to the end of ``on_train_epoch_end`` (the callback renders in one of the two, so the
 render counts). Validation is off, so only training and rendering are timed; the pre-training render (once per
 fit) is reported on its own. With ``--limit-train-batches`` the full-epoch time is extrapolated from the time per
-batch, and the ratio is given against that as well::
+batch, and the ratio is given against that as well. Run it from the repository root::
 
-    flock /tmp/featvis-cpu.lock python benchmarks/callback_overhead.py --epochs 1 --limit-train-batches 20
+    flock /tmp/featvis-cpu.lock python -m benchmarks.callback_overhead --epochs 1 --limit-train-batches 20
 
 Target: at default settings the callback adds at most 25% to an epoch.
 """
@@ -22,16 +22,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import yaml
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from benchmarks.common import CONFIG, callback_args, load_config, make_parser, run_script
 from featvis.callback import FeatureVisCallback
 from featvis.data import CIFARDataModule
 from featvis.model import ClassifierModule
-
-REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "configs" / "cifar10.yaml"
 
 
 class EpochTimer(Callback):
@@ -50,27 +47,37 @@ class EpochTimer(Callback):
 
 
 class RenderTimer(FeatureVisCallback):
-    """The callback, recording each render's wall-clock time."""
+    """The callback, recording the wall-clock time of each of its hooks that rendered (with metrics and logging)."""
 
-    def _render_and_log(self, trainer, pl_module, epoch) -> None:
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.render_times: list[tuple[int, float]] = []  # (epoch, seconds); epoch 0 is before training
+        self._rendered = False
+
+    def render(self, pl_module, trainer=None):
+        self._rendered = True
+        return super().render(pl_module, trainer)
+
+    def _timed(self, hook, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> None:
+        self._rendered = False
         start = time.perf_counter()
-        super()._render_and_log(trainer, pl_module, epoch)
-        self.render_times = [*getattr(self, "render_times", []), (epoch, time.perf_counter() - start)]
+        hook(trainer, pl_module)
+        if self._rendered:
+            self.render_times.append((epoch, time.perf_counter() - start))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._timed(super().on_train_start, trainer, pl_module, trainer.current_epoch)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._timed(super().on_validation_end, trainer, pl_module, trainer.current_epoch + 1)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._timed(super().on_train_epoch_end, trainer, pl_module, trainer.current_epoch + 1)
 
 
-def load_config(path: Path) -> dict:
-    config = yaml.safe_load(path.read_text())
-    args = None
-    for entry in config["trainer"].get("callbacks", []):
-        if entry["class_path"].endswith("FeatureVisCallback"):
-            args = dict(entry.get("init_args") or {})
-    if args is None:
-        raise SystemExit(f"{path} has no FeatureVisCallback entry under trainer.callbacks")
-    return {"config": config, "callback": args}
-
-
-def run(args: argparse.Namespace, settings: dict, with_callback: bool, root: Path) -> dict:
-    config = settings["config"]
+def run(args: argparse.Namespace, config: dict, callback: dict | None, root: Path) -> dict:
+    """Train once from the config's seed, with the callback made from ``callback`` (its arguments) or without."""
+    with_callback = callback is not None
     L.seed_everything(config.get("seed_everything", 0), verbose=False)
     data_args = dict(config["data"], data_dir=args.data_dir, download=False)
     data = CIFARDataModule(**data_args)
@@ -78,8 +85,8 @@ def run(args: argparse.Namespace, settings: dict, with_callback: bool, root: Pat
     timer = EpochTimer()
     callbacks: list[Callback] = []
     feature_vis = None
-    if with_callback:
-        feature_vis = RenderTimer(**{**settings["callback"], **args.override})
+    if callback is not None:
+        feature_vis = RenderTimer(**callback)
         callbacks.append(feature_vis)
     callbacks.append(timer)
     trainer = L.Trainer(
@@ -97,7 +104,7 @@ def run(args: argparse.Namespace, settings: dict, with_callback: bool, root: Pat
         enable_model_summary=False,
     )
     trainer.fit(model, datamodule=data)
-    renders = getattr(feature_vis, "render_times", []) if feature_vis else []
+    renders = feature_vis.render_times if feature_vis is not None else []
     return {
         "epochs": timer.epochs,
         "batches": timer.batches,
@@ -107,8 +114,13 @@ def run(args: argparse.Namespace, settings: dict, with_callback: bool, root: Pat
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print a table.
+
+    Args:
+        argv: command-line arguments; None reads ``sys.argv``.
+    """
+    parser = make_parser("benchmarks.callback_overhead", __doc__)
     parser.add_argument("--data-dir", default="data", help="data_dir holding cifar-10-batches-py")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument(
@@ -118,20 +130,22 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=CONFIG)
     parser.add_argument("--steps", type=int, default=None, help="override the callback's render steps")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    args = parser.parse_args()
-    args.override = {} if args.steps is None else {"steps": args.steps}
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = load_config(args.config)
+    config = load_config(args.config)
+    callback = callback_args(config, args.config)
+    if args.steps is not None:
+        callback["config"] = callback["config"].replace(steps=args.steps)
 
     with tempfile.TemporaryDirectory() as tmp:
-        without = run(args, settings, False, Path(tmp))
-        with_cb = run(args, settings, True, Path(tmp))
+        without = run(args, config, None, Path(tmp))
+        with_cb = run(args, config, callback, Path(tmp))
 
-    callback_args = {**settings["callback"], **args.override}
+    render = callback["config"]
     print(
-        f"\nFeatureVisCallback overhead ({args.config.name} defaults: steps={callback_args.get('steps')}, "
-        f"images_per_target={callback_args.get('images_per_target')}, device={args.accelerator}, "
+        f"\nFeatureVisCallback overhead ({args.config.name} settings: steps={render.steps}, "
+        f"images_per_target={render.images_per_target}, device={args.accelerator}, "
         f"threads={torch.get_num_threads()})\n"
     )
     header = f"| {'epoch':>5} | {'batches':>7} | {'without s':>9} | {'with s':>8} | {'added s':>8} | {'ratio':>6} |"
@@ -160,4 +174,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

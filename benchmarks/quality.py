@@ -1,53 +1,47 @@
 """Quality of feature visualisations, scored by reference classifiers that featvis never optimised against.
 
-Three modes::
+Three modes, run from the repository root::
 
     # Train the reference classifiers (heavy: run under the CPU lock; 4-6 minutes each on two idle cores).
-    python benchmarks/quality.py train --data-dir ../shared/cifar10
+    python -m benchmarks.quality train --data-dir ../shared/cifar10
 
     # Score a folder of PNGs laid out DIR/<class name>/<i>.png (32x32 RGB), e.g. written by `featvis render`.
-    python benchmarks/quality.py score --pngs DIR --refs runs/ref/*.pt --data-dir ../shared/cifar10
+    python -m benchmarks.quality score --pngs DIR --refs runs/ref/*.pt --data-dir ../shared/cifar10
 
     # Calibration: score real test images (and uniform noise) the same way.
-    python benchmarks/quality.py score-real --refs runs/ref/*.pt --data-dir ../shared/cifar10
+    python -m benchmarks.quality score-real --refs runs/ref/*.pt --data-dir ../shared/cifar10
 
 ``score`` reports, per reference model and averaged: transfer accuracy (fraction classified as the folder's
 class), plausibility (nearest-real-neighbour distance in the reference model's penultimate features, relative to
 real images; 1.0 for real images) and the spectral gap to the test set (0.02 for 40 real images, 1.0 for uniform
 noise). With ``--ckpt`` it also reports the robustness and feature diversity of the images under the featvis
-classifier they were rendered from. ``--json OUT`` writes the numbers.
+classifier they were rendered from (diversity needs the same number of images, at least two, in every class
+folder, as ``featvis render`` writes them). All numbers come from ``featvis.quality.score_render``, the routine
+the callback and ``featvis render --metrics`` use. ``--json OUT`` writes them.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-if __package__ in (None, ""):
-    # Run as a script: make the repository root (for `benchmarks.` imports) importable.
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.reference_models import ARCHITECTURES, cifar_folder, load_reference, train_reference  # noqa: E402
-from featvis.data import read_class_names, read_split  # noqa: E402
-from featvis.engine.metrics import (  # noqa: E402
-    feature_diversity,
-    penultimate_features,
-    plausibility_from_features,
-    robustness,
-    spectral_gap,
-    transfer_accuracy,
+from benchmarks.common import (
+    DEFAULT_REF_DIR,
+    load_references,
+    make_parser,
+    quality_scores,
+    real_test_set,
+    run_script,
+    write_json,
 )
-from featvis.images import load_png, safe_name, write_image_folder  # noqa: E402
-
-DEFAULT_REF_DIR = Path("runs/ref")
+from benchmarks.reference_models import ARCHITECTURES, train_reference
+from featvis.images import load_png, safe_name, write_image_folder
+from featvis.quality import reference_spectrum
 
 
 def load_png_folder(folder: str | Path, class_names: list[str]) -> tuple[Tensor, Tensor, list[str]]:
@@ -90,79 +84,28 @@ def load_png_folder(folder: str | Path, class_names: list[str]) -> tuple[Tensor,
     return torch.stack(images), torch.tensor(targets, dtype=torch.long), paths
 
 
-def _load_refs(paths: list[str]) -> list[tuple[str, nn.Module, dict]]:
-    if not paths:
-        raise ValueError(
-            f"no reference models given; train them with `quality.py train` (they go to {DEFAULT_REF_DIR}) "
-            "and pass --refs runs/ref/*.pt."
-        )
-    refs = []
-    for path in paths:
-        model, info = load_reference(path)
-        refs.append((Path(path).stem, model, info))
-    return refs
+def as_render(images: Tensor, targets: Tensor) -> tuple[Tensor, list[int]]:
+    """Images and their classes laid out as a render's ``(T, K, 3, H, W)`` for ``featvis.quality.score_render``.
 
-
-def score_images(
-    images: Tensor,
-    targets: Tensor,
-    refs: list[tuple[str, nn.Module, dict]],
-    real_images: Tensor,
-    real_labels: Tensor,
-    k: int = 10,
-    classifier: nn.Module | None = None,
-    real_features: dict[str, Tensor] | None = None,
-) -> dict:
-    """All quality numbers of a set of visualisations.
+    With the same number of images in every class (as ``featvis render`` writes them) each class is one row of
+    ``K`` images, so the diversity is measured within each class; otherwise every image is a row of its own.
 
     Args:
-        images: RGB images in [0, 1], ``(N, 3, 32, 32)``.
-        targets: intended class of each image.
-        refs: ``(name, model, info)`` reference classifiers (RGB input).
-        real_images: real test images, RGB in [0, 1], for the spectral gap and plausibility.
-        real_labels: their classes.
-        k: nearest neighbours of the plausibility.
-        classifier: optional featvis ``ClassifierModule`` the images were rendered from, for robustness and
-            diversity (in its own colour space and penultimate features).
-        real_features: cache of the real images' penultimate features per reference name; filled in when
-            missing, so scoring several image sets against the same real images computes them once.
+        images: ``(N, 3, H, W)`` RGB images in [0, 1].
+        targets: ``(N,)`` the class of each image.
 
     Returns:
-        ``{"images", "transfer": {name: acc, ..., "mean"}, "plausibility": {...}, "spectral_gap",
-        "reference_test_accuracy": {name: acc}}`` plus ``"robustness"`` and ``"diversity"`` with a classifier.
+        The images as ``(T, K, 3, H, W)`` and the class of each of the ``T`` rows.
     """
-    transfer = transfer_accuracy([model for _, model, _ in refs], images, targets)
-    result: dict = {
-        "images": int(images.shape[0]),
-        "transfer": {name: acc for (name, _, _), acc in zip(refs, transfer.per_model, strict=True)},
-        "plausibility": {},
-        "spectral_gap": spectral_gap(images, real_images),
-        "reference_test_accuracy": {name: float(info["test_accuracy"]) for name, _, info in refs},
-    }
-    result["transfer"]["mean"] = transfer.mean
-    cache = {} if real_features is None else real_features
-    for name, model, _ in refs:
-        if name not in cache:
-            cache[name] = penultimate_features(model, real_images)
-        vis_features = penultimate_features(model, images)
-        result["plausibility"][name] = plausibility_from_features(
-            vis_features, targets, cache[name], real_labels, k
-        )
-    values = list(result["plausibility"].values())
-    result["plausibility"]["mean"] = sum(values) / len(values)
-    if classifier is not None:
-        to_model = classifier.colour.to_model
-        result["robustness"] = robustness(classifier.net, images, targets, preprocess=to_model)
-        features = penultimate_features(classifier.net, images, preprocess=to_model)
-        counts = torch.bincount(targets)
-        result["diversity"] = (
-            feature_diversity(features, targets) if bool((counts >= 2).any()) else float("nan")
-        )
-    return result
+    classes = torch.unique(targets).tolist()
+    groups = [images[targets == cls] for cls in classes]
+    if len({group.shape[0] for group in groups}) == 1:
+        return torch.stack(groups), classes
+    return images.unsqueeze(1), targets.tolist()
 
 
 def format_table(result: dict, title: str) -> str:
-    """The numbers of :func:`score_images` as a plain-text table, one row per reference model."""
+    """The numbers of :func:`benchmarks.common.quality_scores` as a plain-text table, one row per reference model."""
     names = [name for name in result["transfer"] if name != "mean"]
     width = max([len("mean"), *map(len, names)]) + 2
     lines = [
@@ -184,12 +127,6 @@ def format_table(result: dict, title: str) -> str:
     return "\n".join(lines)
 
 
-def _real_test_set(data_dir: str) -> tuple[Tensor, Tensor, list[str]]:
-    folder = cifar_folder(data_dir)
-    images, labels = read_split(folder, train=False)
-    return images.float().div_(255), labels, read_class_names(folder)
-
-
 def _sample_per_class(labels: Tensor, per_class: int, seed: int) -> Tensor:
     """Indices of ``per_class`` random images of each class, class-major."""
     generator = torch.Generator().manual_seed(seed)
@@ -200,13 +137,6 @@ def _sample_per_class(labels: Tensor, per_class: int, seed: int) -> Tensor:
             raise ValueError(f"class {label} has only {members.numel()} test images; lower --per-class.")
         chosen.append(members[torch.randperm(members.numel(), generator=generator)[:per_class]])
     return torch.stack(chosen)
-
-
-def _write_json(result: dict, path: str | None) -> None:
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-        print(f"wrote {path}")
 
 
 def _cmd_train(args: argparse.Namespace) -> dict:
@@ -223,34 +153,47 @@ def _cmd_train(args: argparse.Namespace) -> dict:
             "train_seconds": record["train_seconds"],
         }
         print(f"saved {out}: test accuracy {record['test_accuracy']:.4f}, {record['train_seconds']:.0f} s")
-    _write_json(summary, args.json)
+    write_json(summary, args.json)
     return summary
 
 
 def _cmd_score(args: argparse.Namespace) -> dict:
-    real_images, real_labels, class_names = _real_test_set(args.data_dir)
+    real_images, real_labels, class_names = real_test_set(args.data_dir)
     images, targets, _ = load_png_folder(args.pngs, class_names)
+    if images.shape[-2:] != real_images.shape[-2:]:
+        raise ValueError(
+            f"the images in {args.pngs} are {tuple(images.shape[-2:])} pixels but the test images are "
+            f"{tuple(real_images.shape[-2:])}; render at the data's size."
+        )
     classifier = None
     if args.ckpt:
         from featvis.model import load_classifier
 
         classifier = load_classifier(args.ckpt)
-    result = score_images(
-        images, targets, _load_refs(args.refs), real_images, real_labels, args.k, classifier
+    rgb, classes = as_render(images, targets)
+    result = quality_scores(
+        rgb,
+        classes,
+        load_references(args.refs),
+        (real_images, real_labels),
+        reference_spectrum(real_images, real_images.shape[-1]),
+        classifier=classifier,
+        k=args.k,
     )
     print(format_table(result, f"visualisations in {args.pngs}"))
-    _write_json(result, args.json)
+    write_json(result, args.json)
     return result
 
 
 def _cmd_score_real(args: argparse.Namespace) -> dict:
-    real_images, real_labels, class_names = _real_test_set(args.data_dir)
-    refs = _load_refs(args.refs)
+    real_images, real_labels, class_names = real_test_set(args.data_dir)
+    references = load_references(args.refs)
     chosen = _sample_per_class(real_labels, args.per_class, args.seed)  # (classes, per_class)
     # The sampled images leave the reference set, so each is compared with other real images only.
     keep = torch.ones(real_labels.shape[0], dtype=torch.bool)
     keep[chosen.flatten()] = False
-    rest_images, rest_labels = real_images[keep], real_labels[keep]
+    rest = (real_images[keep], real_labels[keep])
+    spectrum = reference_spectrum(rest[0], rest[0].shape[-1])
     noise = torch.rand(chosen.numel(), 3, 32, 32, generator=torch.Generator().manual_seed(args.seed + 1))
     results, cache = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -261,20 +204,18 @@ def _cmd_score_real(args: argparse.Namespace) -> dict:
             # Round-trip through PNG files exactly as `score` reads rendered visualisations.
             folder = Path(tmp) / kind
             write_image_folder(rgb, class_names, folder)
-            images, targets, _ = load_png_folder(folder, class_names)
-            results[kind] = score_images(
-                images, targets, refs, rest_images, rest_labels, args.k, real_features=cache
+            images, classes = as_render(*load_png_folder(folder, class_names)[:2])
+            results[kind] = quality_scores(
+                images, classes, references, rest, spectrum, real_features=cache, k=args.k
             )
             print(format_table(results[kind], f"{kind} ({args.per_class} per class, seed {args.seed})"))
             print()
-    _write_json(results, args.json)
+    write_json(results, args.json)
     return results
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = make_parser("benchmarks.quality", __doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train the reference classifiers")
     train.add_argument("--data-dir", default="data", help="folder containing cifar-10-batches-py")
@@ -318,15 +259,6 @@ def main(argv: list[str] | None = None) -> dict:
     result = command(args)
     print(f"({args.command} took {time.perf_counter() - start:.0f} s)")
     return result
-
-
-def run_script(entry: Callable[[], object]) -> None:
-    """Run a benchmark's ``main``; a user error (bad value, missing file) prints one line and exits with 2."""
-    try:
-        entry()
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

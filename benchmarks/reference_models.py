@@ -5,7 +5,7 @@ To tell real class evidence from features that only fool that one network, they 
 different design: a small pre-activation ResNet and a VGG-style net, both with ReLU and average pooling only.
 Both take RGB in [0, 1] and normalise inside with the training set's per-channel mean and std (stored as buffers),
 so they do not depend on featvis's colour space, and both have a ``features(x)`` method that returns the
-penultimate (globally pooled) features used by ``featvis.engine.metrics.plausibility``.
+penultimate (globally pooled) features used by ``featvis.quality.metrics.plausibility``.
 
 Training (``train_reference``) uses bf16 autocast on the CPU with channels-last tensors, batched crop-and-flip
 augmentation (``featvis.data.random_crop_flip``), SGD with Nesterov momentum, label smoothing and a linear
@@ -398,7 +398,7 @@ def load_reference(path: str | Path, map_location: str | torch.device = "cpu") -
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"reference model {path} not found; train it with `python benchmarks/quality.py train`."
+            f"reference model {path} not found; train it with `python -m benchmarks.quality train`."
         )
     record = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(record, dict) or "arch" not in record or "state_dict" not in record:

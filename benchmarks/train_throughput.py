@@ -10,9 +10,10 @@ Both sides train the default ``SpeedNet`` with SGD for the same number of steps 
   ``RandomCrop(32, padding=4)``, ``RandomHorizontalFlip()``, ``ToTensor()``, ``Normalize(mean, std)`` in
   ``--workers`` DataLoader worker processes, fp32, contiguous (NCHW) memory format.
 
-It prints a markdown table and the ratio of the two rates. Heavy: on a shared CPU, run it under the CPU lock::
+It prints a markdown table and the ratio of the two rates. Heavy: on a shared CPU, run it from the repository root
+under the CPU lock::
 
-    python benchmarks/train_throughput.py --data-dir ../shared/cifar10
+    flock /tmp/featvis-cpu.lock python -m benchmarks.train_throughput --data-dir ../shared/cifar10
 
 Without ``--data-dir`` it writes random images in the official CIFAR-10 format to a temporary folder.
 """
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import pickle
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -36,12 +36,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.callback_overhead import CONFIG, load_config  # noqa: E402
-from featvis.data import CIFAR10_FOLDER, TEST_BATCH, TRAIN_BATCHES, CIFARDataModule, read_split  # noqa: E402
-from featvis.model import SpeedNet  # noqa: E402
+from benchmarks.common import load_config, make_parser, run_script
+from featvis.data import CIFAR10_FOLDER, TEST_BATCH, TRAIN_BATCHES, CIFARDataModule, read_split
+from featvis.model import SpeedNet
 
 LABEL_SMOOTHING = 0.2
 
@@ -206,9 +203,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     Returns:
         Images per second of ``featvis`` and ``baseline`` and their ``ratio``.
     """
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = make_parser("benchmarks.train_throughput", __doc__)
     parser.add_argument(
         "--data-dir", default=None, help="data_dir holding cifar-10-batches-py (default: synthetic)"
     )
@@ -216,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--batches", type=int, default=20, help="timed training steps per pipeline (default 20)"
     )
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before timing (default 3)")
-    config_batch_size = load_config(CONFIG)["config"]["data"]["batch_size"]
+    config_batch_size = load_config()["data"]["batch_size"]
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -269,4 +264,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -22,7 +22,7 @@ import torchvision
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from featvis import FeatureVisCallback
+from featvis import FeatureVisCallback, RenderConfig
 
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
@@ -138,8 +138,7 @@ def main(argv: Sequence[str] | None = None) -> L.Trainer:
     callback = FeatureVisCallback(
         normalization_mean=MEAN,
         normalization_std=STD,
-        steps=args.render_steps,
-        images_per_target=args.images_per_target,
+        config=RenderConfig(steps=args.render_steps, images_per_target=args.images_per_target),
         metrics=not args.no_metrics,
         # A channel callback would look the same: FeatureVisCallback(layer="net.layer3.0.conv1", ...).
     )

@@ -3,7 +3,8 @@
 from featvis.callback import FeatureVisCallback
 from featvis.colour import ColourTransform
 from featvis.data import CIFARDataModule
+from featvis.engine import RenderConfig
 from featvis.model import ClassifierModule
 
-__all__ = ["CIFARDataModule", "ClassifierModule", "ColourTransform", "FeatureVisCallback"]
+__all__ = ["CIFARDataModule", "ClassifierModule", "ColourTransform", "FeatureVisCallback", "RenderConfig"]
 __version__ = "0.1.0"

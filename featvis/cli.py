@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import shutil
+import re
 import sys
-import tempfile
+import typing
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
+from torch import Tensor
 
 from featvis.data import CIFARDataModule
+from featvis.engine import RenderConfig, RenderResult
+from featvis.folders import FolderError, check_destination, write_folder
 from featvis.model import ClassifierModule
+from featvis.quality import RGBInput, reference_spectrum, score_render
+from featvis.targets import Target, resolve_targets
 
 
 class FeatvisCLI(LightningCLI):
@@ -68,9 +76,6 @@ def _render_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--classes", nargs="+", help="class names or indices to render (default: every class)."
     )
-    parser.add_argument("--images-per-class", type=int, default=4, help="images per target (default 4).")
-    parser.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the engine's).")
-    parser.add_argument("--seed", type=int, default=0, help="seed; the same seed gives byte-identical files.")
     parser.add_argument(
         "--layer", help="visualise channels of this layer (a name from model.named_modules())."
     )
@@ -86,6 +91,10 @@ def _render_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace --out if it exists and is not empty."
     )
     parser.add_argument("--quiet", action="store_true", help="no progress messages.")
+    settings = parser.add_argument_group(
+        "render settings (featvis.RenderConfig; unset flags keep its defaults)"
+    )
+    _add_config_flags(settings)
     return parser
 
 
@@ -94,108 +103,173 @@ def _print_progress(done: int, total: int) -> None:
         print(f"featvis render: step {done}/{total}", file=sys.stderr, flush=True)
 
 
-def _resolve_targets(classes: Sequence[str] | None, class_names: list[str]) -> list[int] | None:
-    if not classes:
-        return None
-    indices = []
-    for item in classes:
-        if item in class_names:
-            indices.append(class_names.index(item))
-        elif item.lstrip("-").isdigit():
-            index = int(item)
-            if not 0 <= index < len(class_names):
-                raise RenderError(
-                    f"class index {index} is out of range; valid indices are 0..{len(class_names) - 1}."
-                )
-            indices.append(index)
-        else:
-            raise RenderError(
-                f"unknown class {item!r}; valid names are {', '.join(class_names)} (or indices)."
-            )
-    return indices
+_LIGHTNING_KEYS = ("pytorch-lightning_version", "state_dict")
 
 
 def _load_checkpoint(path: str, device):
     from featvis.model import load_classifier
 
-    if not Path(path).is_file():
+    file = Path(path)
+    if file.is_dir():
+        found = sorted(p.name for p in file.glob("*.ckpt"))[:3]
+        hint = f" such as {file / found[0]}" if found else ""
+        raise RenderError(
+            f"checkpoint {path} is a folder, not a file; pass the .ckpt file written by featvis fit{hint}."
+        )
+    if not file.exists():
         raise RenderError(f"checkpoint {path} does not exist; pass the .ckpt written by featvis fit.")
+    if not file.is_file():
+        raise RenderError(f"checkpoint {path} is not a regular file; pass the .ckpt written by featvis fit.")
     try:
         return load_classifier(path, map_location=device)
-    except Exception as err:  # a truncated file or a foreign checkpoint
-        raise RenderError(
-            f"cannot load checkpoint {path} as a ClassifierModule: {type(err).__name__}: {err}"
-        ) from err
+    except Exception as err:  # a truncated file, a foreign file or a foreign checkpoint
+        raise RenderError(_explain_load_failure(file, err)) from err
+
+
+def _first_line(text: str, limit: int = 160) -> str:
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _explain_load_failure(path: Path, err: Exception) -> str:
+    """One line saying why ``path`` is not a loadable ClassifierModule checkpoint.
+
+    Torch's own messages for foreign files suggest ``weights_only=False`` (unsafe for an unknown file) and
+    filing an issue, and Lightning's for a foreign dict is a bare KeyError; say what the file is instead.
+    Only runs after a failed load, so a good checkpoint is read once.
+
+    Args:
+        path: the checkpoint file.
+        err: what loading it as a ClassifierModule raised.
+    """
+    import torch
+
+    fix = "pass the .ckpt written by featvis fit."
+    try:
+        # weights_only: the file is unknown, so nothing in it may run code while we look at it.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as load_err:
+        if not zipfile.is_zipfile(path):
+            reason = "the file is not a torch.save archive"
+        else:
+            text = str(load_err).split("WeightsUnpickler error:", 1)[-1]
+            reason = f"{type(load_err).__name__}: {_first_line(text) or 'no details'}"
+        return (
+            f"cannot load checkpoint {path}: it is not a Lightning checkpoint (torch.load failed: {reason}); "
+            f"{fix}"
+        )
+    missing = [key for key in _LIGHTNING_KEYS if not isinstance(checkpoint, dict) or key not in checkpoint]
+    if missing:
+        what = ", ".join(repr(key) for key in missing)
+        return f"cannot load checkpoint {path}: it is not a Lightning checkpoint (it lacks {what}); {fix}"
+    return (
+        f"cannot load checkpoint {path} as a ClassifierModule: {type(err).__name__}: "
+        f"{_first_line(str(err), 300) or 'no details'}"
+    )
+
+
+def _add_config_flags(parser: argparse._ActionsContainer) -> None:
+    """One flag per plain RenderConfig setting (``--steps``, ``--lr``, ``--autocast``, ...), help from its docstring.
+
+    The flags default to None, meaning "RenderConfig's default", so the defaults are declared only there.
+    """
+    hints = typing.get_type_hints(RenderConfig)
+    for field in dataclasses.fields(RenderConfig):
+        kind = hints[field.name]
+        flag = "--" + field.name.replace("_", "-")
+        names = [flag, "--images-per-class"] if field.name == "images_per_target" else [flag]
+        options: dict[str, Any] = {"dest": field.name, "default": None, "help": _CONFIG_HELP.get(field.name)}
+        args = [a for a in typing.get_args(kind) if a is not type(None)] or [kind]
+        scalar = next((a for a in args if a in (int, float, str)), None)
+        if bool in args:  # e.g. augment: the flag sets True/False; lists of transforms are for Python callers
+            parser.add_argument(*names, action=argparse.BooleanOptionalAction, **options)
+        elif scalar is not None:
+            parser.add_argument(*names, type=scalar, **options)
+        elif typing.get_origin(kind) is typing.Literal:
+            parser.add_argument(*names, choices=typing.get_args(kind), **options)
+
+
+def _config_help() -> dict[str, str]:
+    """Each RenderConfig setting's description, from the ``Args:`` section of its docstring."""
+    text = (RenderConfig.__doc__ or "").split("Args:", 1)[-1].split("Raises:", 1)[0]
+    found: dict[str, str] = {}
+    for name, body in re.findall(r"^\s{8}(\w+): (.*?)(?=^\s{8}\w+: |\Z)", text, flags=re.S | re.M):
+        found[name] = " ".join(body.split()).replace("%", "%%")
+    return found
+
+
+_CONFIG_HELP = _config_help()
+_CONFIG_FIELDS = [field.name for field in dataclasses.fields(RenderConfig)]
 
 
 def render_main(argv: Sequence[str] | None = None) -> int:
     """Run ``featvis render``; returns the exit status (2 for user errors).
+
+    Every check (arguments, checkpoint, layer, channels, output folder, data folder) runs before rendering.
 
     Args:
         argv: the arguments after ``render``; None reads ``sys.argv[2:]``.
     """
     import torch
 
-    from featvis.engine import Channel, render
-    from featvis.images import fsync_tree, grid, save_png, write_image_folder
+    from featvis import engine
+    from featvis.images import grid, save_png, write_image_folder
 
-    parser = _render_parser()
-    args = parser.parse_args(sys.argv[2:] if argv is None else list(argv))
+    args = _render_parser().parse_args(sys.argv[2:] if argv is None else list(argv))
     out = Path(args.out)
+    # The inputs live on even when --out is a folder featvis wrote: never replace a folder that holds them.
+    protect = [Path(args.ckpt), *(Path(path) for path in args.reference or [])]
     try:
-        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
-            raise RenderError(
-                f"--out {out} exists and is not empty; choose a new folder or pass --overwrite."
-            )
+        check_destination(out, args.overwrite, protect=protect)
         if args.channel is not None and args.layer is None:
             raise RenderError("--channel needs --layer (the layer whose channels to visualise).")
-        if args.images_per_class < 1:
-            raise RenderError(f"--images-per-class must be >= 1, got {args.images_per_class}.")
+        overrides = {
+            name: value for name in _CONFIG_FIELDS if (value := getattr(args, name, None)) is not None
+        }
+        config = RenderConfig().replace(**overrides)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         module = _load_checkpoint(args.ckpt, device)
         class_names = list(module.class_names)
-        if args.layer is not None:
-            channels = args.channel if args.channel is not None else [0]
-            targets = [Channel(args.layer, c) for c in channels]
-            names = [f"{args.layer}-{c}" for c in channels]
-        else:
-            indices = _resolve_targets(args.classes, class_names)
-            targets = indices
-            names = [class_names[i] for i in (indices if indices is not None else range(len(class_names)))]
-        options = {"images_per_target": args.images_per_class, "seed": args.seed}
-        if args.steps is not None:
-            options["steps"] = args.steps
+        targets = resolve_targets(
+            module,
+            config.size,
+            classes=args.classes,
+            class_names=class_names,
+            layer=args.layer,
+            channels=args.channel if args.channel is not None or args.layer is None else [0],
+        )
+        spectrum = _train_spectrum(args.data_dir, config.size) if args.metrics and args.data_dir else None
+        references = {Path(p).stem: _load_checkpoint(p, device) for p in args.reference or []}
         if not args.quiet:
-            print(
-                f"featvis render: {len(names)} targets x {args.images_per_class} images ...", file=sys.stderr
-            )
-        if not args.quiet:
-            options["progress"] = _print_progress
-        try:
-            result = render(module, targets, colour=module.colour, class_names=class_names, **options)
-        except ValueError as err:
-            raise RenderError(str(err)) from err
-        metrics = _render_metrics(args, module, result, device) if args.metrics else None
-    except RenderError as err:
+            count = f"{len(targets)} targets x {config.images_per_target} images"
+            print(f"featvis render: {count} ...", file=sys.stderr)
+        result = engine.render(
+            module,
+            [t.objective for t in targets],
+            config=config,
+            colour=module.colour,
+            progress=None if args.quiet else _print_progress,
+        )
+        metrics = _render_metrics(result, targets, module, spectrum, references) if args.metrics else None
+    except (RenderError, ValueError) as err:  # FolderError and the engine's errors are ValueErrors
+        # One line, whatever a wrapped library message looked like.
+        print(f"featvis render: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    tags = [t.tag for t in targets]
+
+    def write(folder: Path) -> None:
+        write_image_folder(result.rgb, tags, folder)
+        save_png(grid(result.rgb, scale=1, padding=1), folder / "grid.png")
+        if metrics is not None:
+            (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+
+    # A hidden sibling folder renamed into place: an interrupted run leaves no folder that looks complete, and
+    # --overwrite replaces only a folder featvis wrote (checked again, as the folder may have changed meanwhile).
+    try:
+        write_folder(out, write, args.overwrite, protect=protect)
+    except FolderError as err:
         print(f"featvis render: error: {err}", file=sys.stderr)
         return 2
-
-    # Write everything into a hidden sibling folder, then rename: an interrupted run leaves no folder that
-    # looks complete.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        write_image_folder(result.rgb, names, staging)
-        save_png(grid(result.rgb, scale=1, padding=1), staging / "grid.png")
-        if metrics is not None:
-            (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        fsync_tree(staging)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     if not args.quiet:
         print(f"featvis render: wrote {out} in {result.seconds:.1f} s", file=sys.stderr)
         if metrics is not None:
@@ -203,56 +277,30 @@ def render_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-class _RGBClassifier:
-    """Wraps a ClassifierModule so it takes RGB in [0, 1], as reference models for transfer accuracy do."""
+def _train_spectrum(data_dir: str, size: tuple[int, int]) -> Tensor:
+    """The radial log spectrum of the CIFAR training set under ``data_dir``, for the spectral gap."""
+    from featvis.data import CIFAR10_FOLDER, read_split
 
-    @staticmethod
-    def wrap(module):
-        import torch
-
-        class RGBClassifier(torch.nn.Module):
-            def __init__(self, inner) -> None:
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, rgb):
-                return self.inner(self.inner.colour.to_model(rgb))
-
-        return RGBClassifier(module)
+    folder = Path(data_dir) / CIFAR10_FOLDER
+    if not folder.is_dir():
+        raise RenderError(f"--data-dir {data_dir} holds no {CIFAR10_FOLDER} folder.")
+    return reference_spectrum(read_split(folder, train=True)[0], min(size))
 
 
-def _render_metrics(args, module, result, device) -> dict:
-    """Quality metrics of a class render: robustness, diversity, and with the data or references given,
-    spectral gap against the training set and transfer accuracy."""
-    import torch
-
-    from featvis.engine import metrics as metrics_lib
-
-    rgb = result.rgb.flatten(0, 1).float()
-    count, per_target = result.rgb.shape[:2]
-    groups = torch.arange(count).repeat_interleave(per_target)
-    out: dict = {"mean_objective": float(result.values.float().mean())}
-    features = metrics_lib.penultimate_features(module, rgb.to(device), module.colour.to_model)
-    out["diversity"] = metrics_lib.feature_diversity(features, groups)
-    if args.layer is not None:
-        return out
-    names = list(module.class_names)
-    targets = torch.tensor([names.index(n) for n in _target_names(args, names)]).repeat_interleave(per_target)
-    out["robustness"] = metrics_lib.robustness(module, rgb.to(device), targets, module.colour.to_model)
-    if args.data_dir:
-        from featvis.data import CIFAR10_FOLDER, read_split
-
-        folder = Path(args.data_dir) / CIFAR10_FOLDER
-        if not folder.is_dir():
-            raise RenderError(f"--data-dir {args.data_dir} holds no {CIFAR10_FOLDER} folder.")
-        train_images, _ = read_split(folder, train=True)
-        out["spectral_gap"] = metrics_lib.spectral_gap(rgb.cpu(), train_images.float() / 255)
-    if args.reference:
-        references = [_RGBClassifier.wrap(_load_checkpoint(path, device)) for path in args.reference]
-        out["transfer_accuracy"] = float(metrics_lib.transfer_accuracy(references, rgb.to(device), targets))
-    return out
-
-
-def _target_names(args, class_names: list[str]) -> list[str]:
-    indices = _resolve_targets(args.classes, class_names)
-    return [class_names[i] for i in (indices if indices is not None else range(len(class_names)))]
+def _render_metrics(
+    result: RenderResult,
+    targets: list[Target],
+    module: ClassifierModule,
+    spectrum: Tensor | None,
+    references: dict[str, ClassifierModule],
+) -> dict[str, float]:
+    """Quality metrics of a render (:func:`featvis.quality.score_render`) for ``metrics.json``."""
+    report = score_render(
+        result.rgb,
+        [t.class_index for t in targets],
+        model=RGBInput(module, module.colour),
+        spectrum=spectrum,
+        references={name: RGBInput(ref, ref.colour) for name, ref in references.items()},
+    )
+    scores = {key: value for key, value in report.scores.items() if "/" not in key}
+    return {"mean_objective": float(result.values.float().mean()), **scores}

@@ -28,6 +28,11 @@ class ColourTransform(nn.Module):
         matrix: 3x3 matrix applied to mean-centred colours as row vectors.
     """
 
+    # Registered buffers, declared so type checkers see Tensors rather than ``Tensor | Module``.
+    mean: Tensor
+    matrix: Tensor
+    inverse: Tensor
+
     def __init__(self, mean: Sequence[float] | Tensor, matrix: Sequence[Sequence[float]] | Tensor) -> None:
         super().__init__()
         mean_t = torch.as_tensor(mean, dtype=torch.float64).reshape(-1)
@@ -88,10 +93,25 @@ class ColourTransform(nn.Module):
             mean: per-channel mean in [0, 1] units.
             std: per-channel standard deviation, all positive.
         """
+        if len(mean) != 3:
+            raise ValueError(f"the normalisation mean must hold 3 values (R, G, B), got {list(mean)!r}.")
         std_t = torch.as_tensor(std, dtype=torch.float64).reshape(-1)
         if std_t.shape != (3,) or bool((std_t <= 0).any()):
             raise ValueError(f"std must be 3 positive values, got {std_t.tolist()}.")
         return cls(mean, torch.diag(1.0 / std_t))
+
+    @classmethod
+    def find(cls, *sources: object) -> ColourTransform | None:
+        """The ``colour`` attribute of the first source that has a ColourTransform there (datamodule, model).
+
+        Args:
+            sources: objects to ask in order; None entries are skipped.
+        """
+        for source in sources:
+            colour = getattr(source, "colour", None)
+            if isinstance(colour, ColourTransform):
+                return colour
+        return None
 
     @classmethod
     def identity(cls) -> ColourTransform:
@@ -119,6 +139,26 @@ class ColourTransform(nn.Module):
         return self._map_channels(model_space, self.inverse) + self.mean.to(model_space.dtype).view(
             1, 3, 1, 1
         )
+
+    def copy(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> ColourTransform:
+        """An independent copy with the same buffers, bit for bit, on ``device`` in ``dtype``.
+
+        The copy's tensors are ordinary ones even if this transform was made under ``torch.inference_mode``
+        (as in a Lightning validation loop), so they can enter autograd. The inverse is copied, not recomputed,
+        so ``to_rgb`` stays exactly the same.
+
+        Args:
+            device: device of the copy; None keeps the current one.
+            dtype: floating dtype of the copy; None keeps float32.
+        """
+        clone = ColourTransform.__new__(ColourTransform)
+        nn.Module.__init__(clone)
+        for name in ("mean", "matrix", "inverse"):
+            buffer = getattr(self, name).detach().clone().to(device=device, dtype=dtype)
+            clone.register_buffer(name, buffer)
+        return clone
 
     def forward(self, rgb: Tensor) -> Tensor:
         return self.to_model(rgb)

@@ -264,7 +264,7 @@ class CIFARDataModule(L.LightningDataModule):
         """Download and extract the official archive if the folder is missing and ``download`` is set."""
         if self.folder.is_dir():
             return
-        if not self.hparams.download:
+        if not self.hparams["download"]:
             raise FileNotFoundError(
                 f"CIFAR-10 folder {self.folder} not found. Either set download=True "
                 f"(--data.download true) to fetch it from {CIFAR10_URL}, or set data_dir "
@@ -281,14 +281,14 @@ class CIFARDataModule(L.LightningDataModule):
         self.classes = read_class_names(self.folder)
         train_images, train_labels = read_split(self.folder, train=True)
         test = read_split(self.folder, train=False)
-        val_size = self.hparams.val_size
+        val_size = self.hparams["val_size"]
         if val_size >= train_images.shape[0]:
             raise ValueError(
                 f"val_size={val_size} leaves no training images (the split has {train_images.shape[0]})."
             )
         if val_size:
             order = torch.randperm(
-                train_images.shape[0], generator=torch.Generator().manual_seed(self.hparams.seed)
+                train_images.shape[0], generator=torch.Generator().manual_seed(self.hparams["seed"])
             )
             held, kept = order[:val_size], order[val_size:]
             self._splits["val"] = (train_images[held], train_labels[held])
@@ -297,10 +297,10 @@ class CIFARDataModule(L.LightningDataModule):
             self._splits["val"] = test
         self._splits["train"] = (train_images, train_labels)
         # Flip state of each training image in even epochs (alternating flips), from the data seed.
-        generator = torch.Generator().manual_seed(self.hparams.seed + 1)
+        generator = torch.Generator().manual_seed(self.hparams["seed"] + 1)
         self._flip_even = torch.rand(train_images.shape[0], generator=generator) < 0.5
         self._splits["test"] = test
-        if self.hparams.decorrelate:
+        if self.hparams["decorrelate"]:
             self.colour = ColourTransform.from_pixels(train_images)
         else:
             as_float = train_images.float().div_(255)
@@ -318,13 +318,15 @@ class CIFARDataModule(L.LightningDataModule):
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         images, labels = self.split(name)
-        batch_size = self.hparams.batch_size if shuffle else self.hparams.eval_batch_size
-        sampler = _BatchIndices(len(labels), batch_size, shuffle, drop_last=shuffle, seed=self.hparams.seed)
+        batch_size = self.hparams["batch_size"] if shuffle else self.hparams["eval_batch_size"]
+        sampler = _BatchIndices(
+            len(labels), batch_size, shuffle, drop_last=shuffle, seed=self.hparams["seed"]
+        )
         return DataLoader(
             _TensorBatches(images, labels, with_indices=shuffle),
             sampler=sampler,
             batch_size=None,
-            num_workers=self.hparams.num_workers,
+            num_workers=self.hparams["num_workers"],
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -345,6 +347,7 @@ class CIFARDataModule(L.LightningDataModule):
             self.setup()
         if images.dtype == torch.uint8:
             images = images.float().div_(255)
+        assert self.colour is not None  # setup() always sets it
         colour = self.colour.to(images.device)
         return colour.to_model(images)
 
@@ -352,11 +355,12 @@ class CIFARDataModule(L.LightningDataModule):
         """Map model-space images back to RGB in [0, 1] units (not clipped)."""
         if self.colour is None:
             self.setup()
+        assert self.colour is not None  # setup() always sets it
         return self.colour.to(model_space.device).to_rgb(model_space)
 
     def flip_mask(self, indices: Tensor, epoch: int) -> bool | Tensor:
         """Which training images (by index) are mirrored in ``epoch``, per the ``flip`` setting."""
-        mode = self.hparams.flip
+        mode = self.hparams["flip"]
         if mode == "alternating":
             return self._flip_even.to(indices.device)[indices] ^ bool(epoch % 2)
         return mode == "random"
@@ -368,7 +372,7 @@ class CIFARDataModule(L.LightningDataModule):
         if trainer is not None and trainer.training:
             indices = batch[2] if len(batch) > 2 else torch.arange(labels.shape[0], device=labels.device)
             flip = self.flip_mask(indices, getattr(trainer, "current_epoch", 0))
-            images = random_crop_flip(images, self.hparams.crop_padding, flip)
+            images = random_crop_flip(images, self.hparams["crop_padding"], flip)
         images = self.to_model_space(images).contiguous(memory_format=torch.channels_last)
         return images, labels
 

@@ -9,6 +9,7 @@ from typing import Any, Literal, get_args
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -54,11 +55,14 @@ class PatchWhitening(nn.Module):
         eps: added to the eigenvalues before the square root, so near-constant directions stay bounded.
     """
 
+    fitted: Tensor  # registered buffer
+
     def __init__(self, in_channels: int = 3, kernel_size: int = 2, eps: float = 5e-4) -> None:
         super().__init__()
         self.eps = eps
         self.conv = nn.Conv2d(in_channels, 2 * in_channels * kernel_size**2, kernel_size, bias=True)
         self.conv.weight.requires_grad_(False)
+        assert self.conv.bias is not None  # built with bias=True
         nn.init.zeros_(self.conv.bias)
         self.act = nn.GELU()
         self.register_buffer("fitted", torch.tensor(False))
@@ -276,7 +280,7 @@ class ClassifierModule(L.LightningModule):
         if stage == "fit" and isinstance(colour, ColourTransform):
             self.colour.load_state_dict(colour.state_dict())
         classes = getattr(datamodule, "classes", None)
-        if classes and len(classes) == self.hparams.num_classes and self.hparams.class_names is None:
+        if classes and len(classes) == self.hparams["num_classes"] and self.hparams["class_names"] is None:
             self.class_names = list(classes)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -295,7 +299,7 @@ class ClassifierModule(L.LightningModule):
             images: model-space images ``(N, C, H, W)``.
             tta: ``"none"``, ``"flip"`` or ``"flip_translate"``; None uses the configured ``tta``.
         """
-        tta = self.hparams.tta if tta is None else tta
+        tta = self.hparams["tta"] if tta is None else tta
         _check_tta("tta", tta)
         if tta == "none":
             return self(images)
@@ -319,7 +323,7 @@ class ClassifierModule(L.LightningModule):
     ) -> tuple[Tensor, Tensor]:
         images, labels = batch
         logits = self(images) if self.training else self.predict_logits(images, tta)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.hparams.label_smoothing)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.hparams["label_smoothing"])
         metric.update(logits.detach(), labels)
         return loss, logits
 
@@ -341,7 +345,7 @@ class ClassifierModule(L.LightningModule):
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self.predict_logits(batch[0]).argmax(dim=1)
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         hp = self.hparams
         norm_biases = [
             m.bias
@@ -350,19 +354,19 @@ class ClassifierModule(L.LightningModule):
         ]
         taken = {id(p) for p in norm_biases}
         others = [p for p in self.net.parameters() if p.requires_grad and id(p) not in taken]
-        groups = [{"params": others, "lr": hp.lr, "weight_decay": hp.weight_decay}]
+        groups = [{"params": others, "lr": hp["lr"], "weight_decay": hp["weight_decay"]}]
         if norm_biases:
             groups.append(
                 {
                     "params": norm_biases,
-                    "lr": hp.lr * hp.bias_lr_scale,
-                    "weight_decay": hp.weight_decay / hp.bias_lr_scale,
+                    "lr": hp["lr"] * hp["bias_lr_scale"],
+                    "weight_decay": hp["weight_decay"] / hp["bias_lr_scale"],
                 }
             )
-        optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=True)
+        optimizer = torch.optim.SGD(groups, lr=hp["lr"], momentum=hp["momentum"], nesterov=True)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(hp.warmup_fraction * total)
-        floor, start = hp.final_lr_fraction, hp.initial_lr_fraction
+        warmup = int(hp["warmup_fraction"] * total)
+        floor, start = hp["final_lr_fraction"], hp["initial_lr_fraction"]
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_linear_decay(step, total, warmup, floor, start)
         )

@@ -4,117 +4,17 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections import OrderedDict
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-import torch.nn.functional as F
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from tensorboard.backend.event_processing.event_accumulator import IMAGES, SCALARS, EventAccumulator
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from helpers import CLASSES, FAST, SIZE, TinyClassifier, make_trainer, png_epochs, read_events, read_scalars
+from lightning.pytorch.loggers import CSVLogger
 
 from featvis import images as img
 from featvis.callback import FeatureVisCallback
-from featvis.colour import ColourTransform
-
-CLASSES = ["red", "green", "blue"]
-SIZE = 8
-# Few steps and images keep every render a fraction of a second.
-FAST = {"steps": 3, "images_per_target": 2, "image_size": SIZE}
-
-
-class TinyClassifier(L.LightningModule):
-    """A tiny conv classifier with BatchNorm and dropout (so global RNG use would change training)."""
-
-    def __init__(self, num_classes: int = 3, dropout: float = 0.2, shuffle: bool = True, samples: int = 48):
-        super().__init__()
-        self.net = nn.Sequential(
-            OrderedDict(
-                conv=nn.Conv2d(3, 6, 3, padding=1),
-                bn=nn.BatchNorm2d(6),
-                act=nn.ReLU(),
-                drop=nn.Dropout(dropout),
-                pool=nn.AdaptiveAvgPool2d(1),
-                flat=nn.Flatten(),
-                head=nn.Linear(6, num_classes),
-            )
-        )
-        self.class_names = (
-            CLASSES[:num_classes] if num_classes <= 3 else [f"c{i}" for i in range(num_classes)]
-        )
-        self.colour = ColourTransform.from_normalisation([0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
-        self.shuffle = shuffle
-        self.samples = samples
-        self.num_classes = num_classes
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = F.cross_entropy(self(x), y)
-        self.log("train_loss", loss)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("val_loss", F.cross_entropy(self(x), y))
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
-
-    def _data(self, seed: int) -> TensorDataset:
-        g = torch.Generator().manual_seed(seed)
-        labels = torch.randint(0, self.num_classes, (self.samples,), generator=g)
-        images = torch.randn(self.samples, 3, SIZE, SIZE, generator=g) * 0.5
-        images[torch.arange(self.samples), labels % 3] += 2.0  # class = dominant channel
-        return TensorDataset(images, labels)
-
-    def train_dataloader(self):
-        return DataLoader(self._data(0), batch_size=16, shuffle=self.shuffle)
-
-    def val_dataloader(self):
-        return DataLoader(self._data(1), batch_size=16)
-
-
-def make_trainer(root: Path, callbacks=(), epochs: int = 2, logger="tb", version=0, **kwargs) -> L.Trainer:
-    if logger == "tb":
-        logger = TensorBoardLogger(str(root), name="run", version=version)
-    defaults = {
-        "max_epochs": epochs,
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": logger,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "default_root_dir": str(root),
-        "num_sanity_val_steps": 0,
-        "log_every_n_steps": 1,
-    }
-    defaults.update(kwargs)
-    return L.Trainer(callbacks=list(callbacks), **defaults)
-
-
-def read_events(log_dir: Path) -> dict:
-    """Images and scalars of every event file below ``log_dir``: {tag: [(step, width, height)]}, {tag: [steps]}."""
-    images: dict[str, list] = {}
-    scalars: dict[str, list] = {}
-    for path in sorted(Path(log_dir).rglob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(path), size_guidance={IMAGES: 0, SCALARS: 0})
-        acc.Reload()
-        for tag in acc.Tags()["images"]:
-            images.setdefault(tag, []).extend((e.step, e.width, e.height) for e in acc.Images(tag))
-        for tag in acc.Tags()["scalars"]:
-            scalars.setdefault(tag, []).extend(e.step for e in acc.Scalars(tag))
-    return {"images": images, "scalars": scalars}
-
-
-def png_epochs(folder: Path) -> list[str]:
-    return sorted(p.name for p in (folder / "featvis").glob("epoch_*"))
-
+from featvis.engine import RenderConfig
 
 # ---------------------------------------------------------------------------------------------- arguments
 
@@ -131,17 +31,12 @@ def png_epochs(folder: Path) -> list[str]:
         ({"channels": [1]}, "needs layer"),
         ({"neuron": True}, "needs layer"),
         ({"layer": "net.conv", "channels": [-2]}, "channel"),
-        ({"steps": -1}, "steps"),
-        ({"lr": 0}, "lr"),
-        ({"images_per_target": 0}, "images_per_target"),
-        ({"max_batch_size": 2, "images_per_target": 4}, "max_batch_size"),
         ({"normalization_mean": [0.5, 0.5, 0.5]}, "together"),
         ({"normalization_mean": [0.5, 0.5, 0.5], "normalization_std": [0.2, 0.0, 0.2]}, "std"),
         ({"normalization_mean": [0.5], "normalization_std": [0.2]}, "normalization_mean"),
-        ({"parameterisation": "wavelet"}, "parameterisation"),
-        ({"autocast": "fp8"}, "autocast"),
         ({"prefix": "a/b"}, "prefix"),
-        ({"diversity_weight": -1.0}, "diversity_weight"),
+        ({"display_scale": 0}, "display_scale"),
+        ({"save_png": "yes"}, "save_png"),
         ({"reference_model": 3}, "reference_model"),
     ],
 )
@@ -155,13 +50,13 @@ def test_bad_arguments_raise_value_error(kwargs, message):
     [([5], r"class index 5 .*valid: 0\.\.2"), (["zebra"], r"'zebra'.*\['red', 'green', 'blue'\]")],
 )
 def test_bad_class_target_fails_at_setup(tmp_path, targets, pattern):
-    trainer = make_trainer(tmp_path, [FeatureVisCallback(targets=targets, **FAST)], epochs=1)
+    trainer = make_trainer(tmp_path, [FeatureVisCallback(targets=targets, config=FAST)], epochs=1)
     with pytest.raises(ValueError, match=pattern):
         trainer.fit(TinyClassifier())
 
 
 def test_unknown_layer_fails_at_setup(tmp_path):
-    trainer = make_trainer(tmp_path, [FeatureVisCallback(layer="net.conf", **FAST)], epochs=1)
+    trainer = make_trainer(tmp_path, [FeatureVisCallback(layer="net.conf", config=FAST)], epochs=1)
     with pytest.raises(ValueError, match="net.conv"):
         trainer.fit(TinyClassifier())
 
@@ -170,7 +65,7 @@ def test_unknown_layer_fails_at_setup(tmp_path):
 
 
 def test_logs_images_scalars_pngs_and_timeline(tmp_path):
-    callback = FeatureVisCallback(**FAST)
+    callback = FeatureVisCallback(config=FAST)
     trainer = make_trainer(tmp_path, [callback], epochs=3)
     trainer.fit(TinyClassifier())
     log_dir = Path(trainer.log_dir)
@@ -207,7 +102,7 @@ def test_logs_images_scalars_pngs_and_timeline(tmp_path):
 
 
 def test_every_n_epochs_and_targets_by_name(tmp_path):
-    callback = FeatureVisCallback(every_n_epochs=2, targets=["blue", 0], **FAST)
+    callback = FeatureVisCallback(every_n_epochs=2, targets=["blue", 0], config=FAST)
     trainer = make_trainer(tmp_path, [callback], epochs=5)
     trainer.fit(TinyClassifier())
     events = read_events(Path(trainer.log_dir))
@@ -217,9 +112,9 @@ def test_every_n_epochs_and_targets_by_name(tmp_path):
 
 
 def test_channel_and_neuron_targets(tmp_path):
-    channels = FeatureVisCallback(layer="net.conv", channels=[0, 5], prefix="chan", **FAST)
-    neurons = FeatureVisCallback(layer="net.act", neuron=True, prefix="neur", **FAST)
-    default_channels = FeatureVisCallback(layer="net.bn", targets=[1], prefix="mixed", **FAST)
+    channels = FeatureVisCallback(layer="net.conv", channels=[0, 5], prefix="chan", config=FAST)
+    neurons = FeatureVisCallback(layer="net.act", neuron=True, prefix="neur", config=FAST)
+    default_channels = FeatureVisCallback(layer="net.bn", targets=[1], prefix="mixed", config=FAST)
     trainer = make_trainer(tmp_path, [channels, neurons, default_channels], epochs=1)
     trainer.fit(TinyClassifier())
     tags = set(read_events(Path(trainer.log_dir))["images"])
@@ -232,7 +127,7 @@ def test_channel_and_neuron_targets(tmp_path):
 
 
 def test_other_logger_gets_pngs_and_one_warning(tmp_path):
-    callback = FeatureVisCallback(**FAST)
+    callback = FeatureVisCallback(config=FAST)
     trainer = make_trainer(tmp_path, [callback], epochs=2, logger=CSVLogger(str(tmp_path), name="csv"))
     with pytest.warns(UserWarning, match="TensorBoard only") as record:
         trainer.fit(TinyClassifier())
@@ -245,7 +140,7 @@ def test_other_logger_gets_pngs_and_one_warning(tmp_path):
 
 
 def test_no_logger_writes_pngs_to_default_root_dir(tmp_path):
-    trainer = make_trainer(tmp_path, [FeatureVisCallback(**FAST)], epochs=1, logger=False)
+    trainer = make_trainer(tmp_path, [FeatureVisCallback(config=FAST)], epochs=1, logger=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # no logger: no warning about loggers
         warnings.filterwarnings("ignore", message=".*(num_workers|does not have many workers).*")
@@ -262,7 +157,9 @@ def test_colour_and_size_from_arguments_without_model_colour(tmp_path):
             del self.class_names
 
     callback = FeatureVisCallback(
-        normalization_mean=[0.4, 0.5, 0.6], normalization_std=[0.2, 0.2, 0.2], steps=2, images_per_target=1
+        normalization_mean=[0.4, 0.5, 0.6],
+        normalization_std=[0.2, 0.2, 0.2],
+        config=RenderConfig(steps=2, images_per_target=1),
     )
     model = Plain()
     model.example_input_array = torch.zeros(1, 3, 12, 12)
@@ -286,7 +183,7 @@ def _final_state(tmp_path: Path, callbacks) -> tuple[dict, dict]:
 
 def test_training_is_bitwise_identical_with_and_without_callback(tmp_path):
     weights_a, optim_a = _final_state(tmp_path / "a", [])
-    weights_b, optim_b = _final_state(tmp_path / "b", [FeatureVisCallback(**FAST)])
+    weights_b, optim_b = _final_state(tmp_path / "b", [FeatureVisCallback(config=FAST)])
     assert png_epochs(tmp_path / "b") == ["epoch_000", "epoch_001", "epoch_002", "epoch_003"]
     assert weights_a.keys() == weights_b.keys()
     for key in weights_a:
@@ -306,7 +203,7 @@ def test_render_hook_leaves_model_and_rng_untouched(tmp_path):
     before = copy.deepcopy(model.state_dict())
     flags = {n: m.training for n, m in model.named_modules()}
     requires = {n: p.requires_grad for n, p in model.named_parameters()}
-    callback = FeatureVisCallback(**FAST)
+    callback = FeatureVisCallback(config=FAST)
     cpu_rng = torch.get_rng_state()
     for context in (torch.enable_grad, torch.no_grad, torch.inference_mode):
         with context():
@@ -329,18 +226,18 @@ def test_render_hook_leaves_model_and_rng_untouched(tmp_path):
 
 
 def test_skips_sanity_check_and_fast_dev_run(tmp_path):
-    callback = FeatureVisCallback(**FAST)
+    callback = FeatureVisCallback(config=FAST)
     trainer = make_trainer(tmp_path / "sanity", [callback], epochs=1, num_sanity_val_steps=2)
     trainer.fit(TinyClassifier())
     events = read_events(Path(trainer.log_dir))
     assert [e[0] for e in events["images"]["featvis/red"]] == [0, 1]
 
-    trainer = make_trainer(tmp_path / "fdr", [FeatureVisCallback(**FAST)], fast_dev_run=2, logger=False)
+    trainer = make_trainer(tmp_path / "fdr", [FeatureVisCallback(config=FAST)], fast_dev_run=2, logger=False)
     trainer.fit(TinyClassifier())
     assert not (tmp_path / "fdr" / "featvis").exists()
 
     # validate / test / predict never render.
-    trainer = make_trainer(tmp_path / "val", [FeatureVisCallback(**FAST)], logger=False)
+    trainer = make_trainer(tmp_path / "val", [FeatureVisCallback(config=FAST)], logger=False)
     trainer.validate(TinyClassifier(), verbose=False)
     assert not (tmp_path / "val" / "featvis").exists()
 
@@ -354,23 +251,23 @@ def _png_bytes(folder: Path) -> dict[str, bytes]:
 
 def test_resume_continues_the_same_timeline(tmp_path):
     # Uninterrupted: 4 epochs.
-    straight = FeatureVisCallback(**FAST)
+    straight = FeatureVisCallback(config=FAST)
     trainer = make_trainer(tmp_path / "a", [straight], epochs=4)
     L.seed_everything(5, verbose=False)
     trainer.fit(TinyClassifier(shuffle=False, dropout=0.0))
     reference = _png_bytes(Path(trainer.log_dir) / "featvis")
 
     # 2 epochs, then resume from the last checkpoint to 4, logging into the same run folder.
-    first = make_trainer(tmp_path / "b", [FeatureVisCallback(**FAST)], epochs=2)
+    first = make_trainer(tmp_path / "b", [FeatureVisCallback(config=FAST)], epochs=2)
     L.seed_everything(5, verbose=False)
     first.fit(TinyClassifier(shuffle=False, dropout=0.0))
     checkpoint = next(Path(first.log_dir).rglob("*.ckpt"))
-    resumed_callback = FeatureVisCallback(**FAST, seed=99)  # the checkpoint's seed wins
+    resumed_callback = FeatureVisCallback(config=FAST.replace(seed=99))  # the checkpoint's seed wins
     second = make_trainer(tmp_path / "b", [resumed_callback], epochs=4)
     second.fit(TinyClassifier(shuffle=False, dropout=0.0), ckpt_path=str(checkpoint))
     log_dir = Path(second.log_dir)
     assert log_dir == Path(first.log_dir)
-    assert resumed_callback.seed == 0
+    assert resumed_callback.config.seed == 0
     assert png_epochs(log_dir) == [f"epoch_{e:03d}" for e in range(5)]
     # Identical images for identical weights, epochs 3-4 included.
     pngs = _png_bytes(log_dir / "featvis")
@@ -388,14 +285,14 @@ def test_resume_continues_the_same_timeline(tmp_path):
 
 
 def test_state_dict_round_trip():
-    callback = FeatureVisCallback(seed=7, **FAST)
-    callback._epochs = [0, 1]
-    callback._thumbs = [torch.zeros(3, 3, SIZE, SIZE, dtype=torch.uint8)] * 2
+    callback = FeatureVisCallback(config=FAST.replace(seed=7))
+    callback._timeline.epochs = [0, 1]
+    callback._timeline.thumbs = [torch.zeros(3, 3, SIZE, SIZE, dtype=torch.uint8)] * 2
     callback._names = CLASSES
     state = callback.state_dict()
-    other = FeatureVisCallback(**FAST)
+    other = FeatureVisCallback(config=FAST)
     other.load_state_dict(state)
-    assert other.seed == 7 and other._epochs == [0, 1] and len(other._thumbs) == 2
+    assert other.config.seed == 7 and other._timeline.epochs == [0, 1] and len(other._timeline.thumbs) == 2
     assert other.state_key == callback.state_key
     assert FeatureVisCallback(prefix="x").state_key != callback.state_key
 
@@ -410,7 +307,7 @@ def test_classifier_module_with_cifar_datamodule(tmp_path, cifar_dir):
         return CIFARDataModule(data_dir=str(cifar_dir), batch_size=50, download=False)
 
     datamodule = data()
-    callback = FeatureVisCallback(steps=2, images_per_target=2, targets=["cat", 0])
+    callback = FeatureVisCallback(config=RenderConfig(steps=2, images_per_target=2), targets=["cat", 0])
     trainer = make_trainer(tmp_path / "a", [callback], epochs=1, limit_val_batches=1)
     trainer.fit(ClassifierModule(network="small_cnn", widths=[4, 8, 8]), datamodule=datamodule)
     log_dir = Path(trainer.log_dir)
@@ -419,13 +316,16 @@ def test_classifier_module_with_cifar_datamodule(tmp_path, cifar_dir):
     for tag in ("target_prob", "robustness", "spectral_gap", "diversity"):
         assert events["scalars"][f"featvis/{tag}"] == [0, 1], tag
     assert img.load_png(log_dir / "featvis" / "epoch_001" / "cat" / "1.png").shape == (3, 32, 32)
-    assert callback._colour(datamodule, None) is datamodule.colour  # the datamodule's decorrelated colours
+    assert callback._colour(trainer, None) is datamodule.colour  # the datamodule's decorrelated colours
 
     # A second run scored by the first run's checkpoint as reference model.
     checkpoint = tmp_path / "reference.ckpt"
     trainer.save_checkpoint(checkpoint)
     scored = FeatureVisCallback(
-        steps=1, images_per_target=1, targets=[1], reference_model=str(checkpoint), metrics=False
+        config=RenderConfig(steps=1, images_per_target=1),
+        targets=[1],
+        reference_model=str(checkpoint),
+        metrics=False,
     )
     trainer = make_trainer(tmp_path / "b", [scored], epochs=1, limit_val_batches=1)
     trainer.fit(ClassifierModule(network="small_cnn", widths=[4, 8, 8]), datamodule=data())
@@ -437,10 +337,47 @@ def test_classifier_module_with_cifar_datamodule(tmp_path, cifar_dir):
 # ---------------------------------------------------------------------------------------------- reference model
 
 
-def test_transfer_acc_with_reference_module(tmp_path):
-    reference = TinyClassifier().eval()
-    callback = FeatureVisCallback(reference_model=reference, **FAST)
+class _AlwaysClass(torch.nn.Module):
+    """A reference model that answers ``label`` for every image, whatever it shows."""
+
+    def __init__(self, label: int, classes: int = 3) -> None:
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.nn.functional.one_hot(torch.tensor(label), classes).float())
+
+    def forward(self, x):
+        return self.logits.expand(x.shape[0], -1)
+
+
+@pytest.mark.parametrize(("label", "expected"), [(0, 0.5), (1, 0.5), (2, 0.0)])
+def test_transfer_acc_is_the_reference_models_accuracy_on_the_renders(tmp_path, label, expected):
+    # Targets red and green, two images each: a reference that always says `label` is right on exactly the
+    # images of that class.
+    callback = FeatureVisCallback(reference_model=_AlwaysClass(label), targets=[0, 1], config=FAST)
     trainer = make_trainer(tmp_path, [callback], epochs=1)
     trainer.fit(TinyClassifier())
+    values = read_scalars(Path(trainer.log_dir), "featvis/transfer_acc")
+    assert values == [(0, expected), (1, expected)]
+
+
+def test_tags_and_scalars_are_those_of_the_first_release(tmp_path):
+    # The exact sets logged before the redesign of issue 10 (recorded with commit 37754b4), for class, channel
+    # and neuron targets side by side.
+    callbacks = [
+        FeatureVisCallback(config=FAST),
+        FeatureVisCallback(layer="net.conv", channels=[0, 5], prefix="chan", config=FAST),
+        FeatureVisCallback(layer="net.act", neuron=True, prefix="neur", targets=[1], config=FAST),
+    ]
+    trainer = make_trainer(tmp_path, callbacks, epochs=1)
+    trainer.fit(TinyClassifier())
     events = read_events(Path(trainer.log_dir))
-    assert events["scalars"]["featvis/transfer_acc"] == [0, 1]
+    neurons = {f"neur/net.act.neuron{c}" for c in range(6)}
+    assert set(events["images"]) == {
+        "chan/all", "chan/net.conv.ch0", "chan/net.conv.ch5", "chan/timeline", "featvis/all", "featvis/blue",
+        "featvis/green", "featvis/red", "featvis/timeline", "neur/all", "neur/green", "neur/timeline",
+    } | neurons  # fmt: skip
+    assert set(events["scalars"]) == {
+        "chan/diversity", "chan/objective", "chan/render_seconds", "epoch", "featvis/diversity",
+        "featvis/objective", "featvis/render_seconds", "featvis/robustness", "featvis/target_prob",
+        "neur/diversity", "neur/objective", "neur/render_seconds", "neur/robustness", "neur/target_prob",
+        "train_loss", "val_loss",
+    }  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from test_callback import CLASSES, FAST, SIZE, TinyClassifier, make_trainer, read_events
+from helpers import CLASSES, FAST, SIZE, TinyClassifier, make_trainer, read_events
 
 from featvis import images as img
 from featvis.callback import FeatureVisCallback
@@ -13,8 +13,8 @@ from featvis.callback import FeatureVisCallback
 
 def test_ddp_spawn_logs_every_epoch_once(tmp_path):
     # 4 targets over 2 ranks would split evenly; 3 classes + 2 channels = 5 targets leaves rank 1 a padded shard.
-    classes = FeatureVisCallback(**FAST)
-    channels = FeatureVisCallback(layer="net.conv", channels=[0, 1], prefix="chan", **FAST)
+    classes = FeatureVisCallback(config=FAST)
+    channels = FeatureVisCallback(layer="net.conv", channels=[0, 1], prefix="chan", config=FAST)
     trainer = make_trainer(
         tmp_path, [classes, channels], epochs=2, devices=2, strategy="ddp_spawn", enable_checkpointing=False
     )

@@ -13,10 +13,10 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import pytest
-from test_callback import TinyClassifier, make_trainer
+from helpers import TinyClassifier, make_trainer
 
 from featvis.callback import FeatureVisCallback
+from featvis.engine import RenderConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 # The command the README should show; the README's own line is used when it has one.
@@ -82,7 +82,7 @@ def test_readme_tensorboard_command_shows_every_epoch(tmp_path):
         f"the command must raise the image sample limit: {command}"
     )
 
-    callback = FeatureVisCallback(steps=1, images_per_target=1, image_size=8)
+    callback = FeatureVisCallback(config=RenderConfig(steps=1, images_per_target=1, image_size=8))
     trainer = make_trainer(tmp_path / "logs", [callback], epochs=EPOCHS, enable_checkpointing=False)
     trainer.fit(TinyClassifier(samples=16))
     run = "run/version_0"
@@ -104,17 +104,3 @@ def test_readme_tensorboard_command_shows_every_epoch(tmp_path):
     finally:
         stop(process)
     assert process.returncode is not None
-
-
-@pytest.mark.slow
-def test_plain_tensorboard_drops_epochs(tmp_path):
-    """Without the flag TensorBoard samples 10 images per tag: why the README's command needs it."""
-    callback = FeatureVisCallback(steps=1, images_per_target=1, image_size=8)
-    trainer = make_trainer(tmp_path / "logs", [callback], epochs=EPOCHS, enable_checkpointing=False)
-    trainer.fit(TinyClassifier(samples=16))
-    process, base = serve(tmp_path / "logs", [])
-    try:
-        steps = image_steps(base, "run/version_0", "featvis/red", time.monotonic() + 60)
-        assert len(steps) == 10
-    finally:
-        stop(process)

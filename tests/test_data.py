@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import write_cifar_folder
+from helpers import write_cifar_folder
 
 import featvis.data as data_module
 from featvis.data import (

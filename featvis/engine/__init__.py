@@ -2,25 +2,26 @@
 
 Pure PyTorch (no Lightning). ``render(model)`` optimises four images per class of any ``nn.Module`` classifier in
 one batch, with a 1/f-scaled Fourier parameterisation in the data's decorrelated colour basis and random
-per-image transforms sized for 32-px images, and returns RGB images in [0, 1]::
+per-image transforms sized for the image, and returns RGB images in [0, 1]::
 
-    from featvis.engine import render, Channel, ClassLogit
+    from featvis.engine import Channel, ClassLogit, RenderConfig, render
 
     result = render(module.net, colour=module.colour, class_names=module.class_names)
     result.rgb  # (10, 4, 3, 32, 32)
-    render(net, [ClassLogit(3) - 0.5 * ClassLogit(5), Channel("group1.conv1.conv", 7)], colour=colour)
+    config = RenderConfig(steps=64, images_per_target=2)
+    render(net, [ClassLogit(3) - 0.5 * ClassLogit(5), Channel("group1.conv1.conv", 7)], config=config)
+
+Settings live in one :class:`RenderConfig`; keyword overrides such as ``render(net, steps=32)`` replace single
+fields. Quality metrics of rendered images are in :mod:`featvis.quality`.
 """
 
-from featvis.engine.hooks import LayerCapture, layer_names, preserved_modes, resolve_layer
-from featvis.engine.metrics import (
-    TransferAccuracy,
-    feature_diversity,
-    penultimate_features,
-    plausibility,
-    radial_log_spectrum,
-    robustness,
-    spectral_gap,
-    transfer_accuracy,
+from featvis.engine.hooks import (
+    LayerCapture,
+    device_and_dtype,
+    fork_rng,
+    layer_names,
+    preserved_modes,
+    resolve_layer,
 )
 from featvis.engine.objectives import (
     Activations,
@@ -30,47 +31,23 @@ from featvis.engine.objectives import (
     LayerL2,
     Neuron,
     Objective,
-    Sum,
     as_objective,
-    gram_matrices,
+    class_names_of,
 )
-from featvis.engine.param import (
-    ColourSquash,
-    FourierImage,
-    ImageParam,
-    PixelImage,
-    fourier_frequencies,
-    fourier_scale,
-    make_image_param,
+from featvis.engine.param import FourierImage, ImageParam, PixelImage, make_image_param
+from featvis.engine.render import (
+    NonFiniteError,
+    RenderConfig,
+    RenderResult,
+    render,
+    resolve_autocast,
 )
-from featvis.engine.render import NonFiniteError, RenderConfig, RenderResult, render
-from featvis.engine.transforms import (
-    AffineTransform,
-    Compose,
-    Flip,
-    Jitter,
-    Pad,
-    Rotate,
-    Scale,
-    Transform,
-    default_transforms,
-    warp,
-)
+from featvis.engine.transforms import Compose, Flip, Jitter, Pad, Rotate, Scale, Transform, default_transforms
 
 __all__ = [
-    "TransferAccuracy",
-    "feature_diversity",
-    "penultimate_features",
-    "plausibility",
-    "radial_log_spectrum",
-    "robustness",
-    "spectral_gap",
-    "transfer_accuracy",
     "Activations",
-    "AffineTransform",
     "Channel",
     "ClassLogit",
-    "ColourSquash",
     "Compose",
     "Diversity",
     "Flip",
@@ -88,17 +65,16 @@ __all__ = [
     "RenderResult",
     "Rotate",
     "Scale",
-    "Sum",
     "Transform",
     "as_objective",
+    "class_names_of",
     "default_transforms",
-    "fourier_frequencies",
-    "fourier_scale",
-    "gram_matrices",
+    "device_and_dtype",
+    "fork_rng",
     "layer_names",
     "make_image_param",
     "preserved_modes",
     "render",
+    "resolve_autocast",
     "resolve_layer",
-    "warp",
 ]

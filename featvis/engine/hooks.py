@@ -1,17 +1,21 @@
-"""Reading a model's hidden layers by name, and leaving the model exactly as it was found.
+"""Reading a model's hidden layers by name, and leaving the model and global state exactly as they were found.
 
 Layers are named as in ``model.named_modules()``. :class:`LayerCapture` records the outputs of named layers with
 forward hooks that it removes on exit; :func:`preserved_modes` puts a model in eval mode and restores every
-submodule's own train/eval flag afterwards.
+submodule's own train/eval flag afterwards; :func:`fork_rng` does the same for the global random state, and
+:func:`device_and_dtype` tells where a model computes.
 """
 
 from __future__ import annotations
 
 import difflib
+import itertools
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from types import TracebackType
+from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
@@ -106,3 +110,31 @@ def preserved_modes(model: nn.Module) -> Iterator[None]:
     finally:
         for module, training in modes:
             module.training = training
+
+
+def device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Where a model's computation happens and in which float type: its first floating parameter or buffer.
+
+    A model without floating tensors (e.g. an empty ``nn.Sequential``) computes on the CPU in float32.
+
+    Args:
+        model: the network.
+    """
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.device, tensor.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def fork_rng(model: nn.Module) -> AbstractContextManager[Any]:
+    """Save the global torch RNG state (CPU, and the CUDA device ``model`` lives on) and restore it on exit.
+
+    For code around a render that calls the user's model: a model with dropout in train mode, or a user hook,
+    may draw from the global generator, and training must not see a different random stream because of that.
+
+    Args:
+        model: the network whose device's generator is saved too.
+    """
+    device, _ = device_and_dtype(model)
+    devices = [device.index or 0] if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=devices)

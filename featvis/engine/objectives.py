@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from featvis.engine.checks import check_int, check_number
 
 
 class Activations:
@@ -40,12 +42,6 @@ class Activations:
     def select(self, index: slice) -> Activations:
         """The activations of the images ``index`` selects (views, no copies)."""
         return Activations(self.logits[index], {name: act[index] for name, act in self.layers.items()})
-
-
-def _check_index(kind: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{kind} must be an integer >= 0, got {value!r}.")
-    return value
 
 
 def _check_layer_name(layer: str) -> str:
@@ -155,11 +151,22 @@ class Sum(Objective):
         return text
 
     def __call__(self, activations: Activations) -> Tensor:
-        total = None
+        total: Tensor | None = None
         for weight, term in self.terms:
             value = weight * term(activations)
             total = value if total is None else total + value
+        assert total is not None  # Sum is built from at least one term
         return total
+
+
+class _LayerObjective(Objective):
+    """An objective that reads one named layer, ``self.layer``."""
+
+    layer: str
+
+    @property
+    def layers(self) -> frozenset[str]:
+        return frozenset({self.layer})
 
 
 class ClassLogit(Objective):
@@ -171,7 +178,7 @@ class ClassLogit(Objective):
     """
 
     def __init__(self, index: int, name: str | None = None) -> None:
-        self.index = _check_index("class index", index)
+        self.index = check_int("class index", index, 0)
         self.name = name
 
     @property
@@ -193,7 +200,7 @@ class ClassLogit(Objective):
         return logits[:, self.index].float()
 
 
-class Channel(Objective):
+class Channel(_LayerObjective):
     """The mean activation of one channel of a named layer.
 
     Args:
@@ -203,11 +210,7 @@ class Channel(Objective):
 
     def __init__(self, layer: str, channel: int) -> None:
         self.layer = _check_layer_name(layer)
-        self.channel = _check_index("channel", channel)
-
-    @property
-    def layers(self) -> frozenset[str]:
-        return frozenset({self.layer})
+        self.channel = check_int("channel", channel, 0)
 
     @property
     def description(self) -> str:
@@ -219,7 +222,7 @@ class Channel(Objective):
         return act[:, self.channel].float().reshape(act.shape[0], -1).mean(dim=1)
 
 
-class Neuron(Objective):
+class Neuron(_LayerObjective):
     """One channel of a named layer at one spatial position (the centre by default).
 
     Args:
@@ -231,13 +234,9 @@ class Neuron(Objective):
 
     def __init__(self, layer: str, channel: int, y: int | None = None, x: int | None = None) -> None:
         self.layer = _check_layer_name(layer)
-        self.channel = _check_index("channel", channel)
-        self.y = None if y is None else _check_index("neuron row y", y)
-        self.x = None if x is None else _check_index("neuron column x", x)
-
-    @property
-    def layers(self) -> frozenset[str]:
-        return frozenset({self.layer})
+        self.channel = check_int("channel", channel, 0)
+        self.y = None if y is None else check_int("neuron row y", y, 0)
+        self.x = None if x is None else check_int("neuron column x", x, 0)
 
     @property
     def description(self) -> str:
@@ -263,7 +262,7 @@ class Neuron(Objective):
         return act[:, self.channel, y, x].float()
 
 
-class LayerL2(Objective):
+class LayerL2(_LayerObjective):
     """The mean squared activation of a whole layer (DeepDream).
 
     Args:
@@ -272,10 +271,6 @@ class LayerL2(Objective):
 
     def __init__(self, layer: str) -> None:
         self.layer = _check_layer_name(layer)
-
-    @property
-    def layers(self) -> frozenset[str]:
-        return frozenset({self.layer})
 
     @property
     def description(self) -> str:
@@ -292,7 +287,7 @@ def gram_matrices(activations: Tensor) -> Tensor:
     return flat @ flat.transpose(1, 2) / flat.shape[-1]
 
 
-class Diversity(Objective):
+class Diversity(_LayerObjective):
     """Rewards images of the same target that differ in style: minus the mean cosine similarity of each image's
     Gram matrix (of a named layer) to those of the other images in its group, times ``weight``.
 
@@ -304,16 +299,7 @@ class Diversity(Objective):
     """
 
     def __init__(self, layer: str, weight: float = 1.0) -> None:
-        self.layer = _check_layer_name(layer)
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight):
-            raise ValueError(f"diversity weight must be a finite number, got {weight!r}.")
-        if weight < 0:
-            raise ValueError(f"diversity weight must be >= 0, got {weight}.")
-        self.weight = float(weight)
-
-    @property
-    def layers(self) -> frozenset[str]:
-        return frozenset({self.layer})
+        self.layer, self.weight = _check_layer_name(layer), check_number("diversity weight", weight, 0.0)
 
     @property
     def description(self) -> str:
@@ -341,7 +327,24 @@ def as_objective(target: Objective | int, class_names: list[str] | None = None) 
     if isinstance(target, Objective):
         return target
     if isinstance(target, int) and not isinstance(target, bool):
-        index = _check_index("class index", target)
+        index = check_int("class index", target, 0)
         name = class_names[index] if class_names is not None and index < len(class_names) else None
         return ClassLogit(index, name)
     raise TypeError(f"a render target must be an Objective or a class index, got {type(target).__name__}.")
+
+
+def class_names_of(*sources: object) -> list[str] | None:
+    """Class names from the first source that has them: its ``classes`` (a datamodule) or ``class_names``.
+
+    Args:
+        sources: objects to ask in order, e.g. the datamodule, then the model; None entries are skipped.
+
+    Returns:
+        The names as strings, or None when no source names its classes.
+    """
+    for source in sources:
+        for attribute in ("classes", "class_names"):
+            names = getattr(source, attribute, None)
+            if isinstance(names, Sequence) and not isinstance(names, str) and len(names) > 0:
+                return [str(name) for name in names]
+    return None

@@ -14,15 +14,15 @@ An image is produced in three stages:
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from featvis.colour import ColourTransform
+from featvis.engine.checks import check_int, check_number
 
 Parameterisation = Literal["fourier", "pixel"]
 
@@ -64,16 +64,14 @@ def fourier_scale(
         A ``(height, width // 2 + 1)`` float32 tensor in the ``rfft2`` layout.
     """
     _check_size(height, width)
-    if not math.isfinite(decay) or decay < 0:
-        raise ValueError(f"decay must be a finite number >= 0, got {decay}.")
+    check_number("decay", decay, 0.0)
     freqs = fourier_frequencies(height, width, device)
     return 1.0 / freqs.clamp(min=1.0 / max(height, width)) ** decay
 
 
 def _check_size(height: int, width: int) -> None:
-    for name, value in (("height", height), ("width", width)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"image {name} must be a positive integer, got {value!r}.")
+    check_int("image height", height, 1)
+    check_int("image width", width, 1)
 
 
 class ImageParam(ABC):
@@ -123,11 +121,8 @@ class PixelImage(ImageParam):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         _check_size(height, width)
-        _check_batch_and_std(batch, init_std)
-        device = generator.device if generator is not None else None
-        start = torch.randn(batch, 3, height, width, generator=generator, device=device, dtype=dtype)
         self.height, self.width = height, width
-        self.parameter = (start * init_std).requires_grad_(True)
+        self.parameter = _random_leaf((batch, 3, height, width), init_std, generator, dtype)
 
     @classmethod
     def from_parameter(cls, parameter: Tensor) -> PixelImage:
@@ -157,10 +152,10 @@ class FourierImage(ImageParam):
         batch: number of images.
         height: image height in pixels.
         width: image width in pixels.
-        decay: exponent of the ``1 / f`` scaling.
         init_std: standard deviation of the random start of every spectral coefficient.
         generator: random source of the start (its device is the parameter's device).
         dtype: floating dtype of the parameter.
+        decay: exponent of the ``1 / f`` scaling (the fourth positional argument, before ``init_std``).
     """
 
     def __init__(
@@ -174,13 +169,9 @@ class FourierImage(ImageParam):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         _check_size(height, width)
-        _check_batch_and_std(batch, init_std)
-        device = generator.device if generator is not None else None
-        shape = (batch, 3, height, width // 2 + 1, 2)
-        start = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        self.parameter = _random_leaf((batch, 3, height, width // 2 + 1, 2), init_std, generator, dtype)
         self.height, self.width, self.decay = height, width, decay
-        self.scale = fourier_scale(height, width, decay, device).to(dtype)
-        self.parameter = (start * init_std).requires_grad_(True)
+        self.scale = fourier_scale(height, width, decay, self.parameter.device).to(dtype)
 
     @classmethod
     def from_parameter(cls, parameter: Tensor, height: int, width: int, decay: float = 1.0) -> FourierImage:
@@ -209,11 +200,18 @@ class FourierImage(ImageParam):
         ]
 
 
-def _check_batch_and_std(batch: int, init_std: float) -> None:
-    if not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch must be a positive integer, got {batch!r}.")
-    if not math.isfinite(init_std) or init_std < 0:
-        raise ValueError(f"init_std must be a finite number >= 0, got {init_std}.")
+def _random_leaf(
+    shape: tuple[int, ...], init_std: float, generator: torch.Generator | None, dtype: torch.dtype
+) -> Tensor:
+    """A leaf tensor of normal noise with standard deviation ``init_std``, drawn on the generator's device.
+
+    ``shape`` is ``(batch, 3, ...)``; batch and ``init_std`` are checked first.
+    """
+    check_int("batch", shape[0], 1)
+    check_number("init_std", init_std, 0.0)
+    device = generator.device if generator is not None else None
+    start = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    return (start * init_std).requires_grad_(True)
 
 
 def make_image_param(
@@ -223,9 +221,7 @@ def make_image_param(
     width: int,
     *,
     decay: float = 1.0,
-    init_std: float = 0.01,
-    generator: torch.Generator | None = None,
-    dtype: torch.dtype = torch.float32,
+    **start: Any,
 ) -> ImageParam:
     """Build a :class:`FourierImage` (``"fourier"``) or :class:`PixelImage` (``"pixel"``).
 
@@ -235,14 +231,12 @@ def make_image_param(
         height: image height in pixels.
         width: image width in pixels.
         decay: exponent of the Fourier ``1 / f`` scaling (ignored for pixels).
-        init_std: standard deviation of the random start.
-        generator: random source of the start.
-        dtype: floating dtype of the parameter.
+        **start: the random start, as both classes take it: ``init_std``, ``generator``, ``dtype``.
     """
     if parameterisation == "fourier":
-        return FourierImage(batch, height, width, decay, init_std, generator, dtype)
+        return FourierImage(batch, height, width, decay, **start)
     if parameterisation == "pixel":
-        return PixelImage(batch, height, width, init_std, generator, dtype)
+        return PixelImage(batch, height, width, **start)
     raise ValueError(f"unknown parameterisation {parameterisation!r}; choose 'fourier' or 'pixel'.")
 
 
@@ -272,14 +266,12 @@ class ColourSquash:
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        mean = colour.mean.detach().clone().to(device=device, dtype=dtype)
-        matrix = colour.matrix.detach().clone().to(device=device, dtype=dtype)
-        inverse = colour.inverse.detach().clone().to(device=device, dtype=dtype)
+        self.colour = colour.copy(device, dtype)
+        inverse = self.colour.inverse
         if not decorrelate:
             # Per-channel standard deviation of the data: column norms of W^-1 (cov = W^-T W^-1).
             inverse = torch.diag(inverse.norm(dim=0))
-        clamped = mean.clamp(_MEAN_CLAMP, 1 - _MEAN_CLAMP)
-        self.mean, self.matrix = mean, matrix
+        clamped = self.colour.mean.clamp(_MEAN_CLAMP, 1 - _MEAN_CLAMP)
         self.correlation = inverse / (clamped * (1 - clamped)).view(1, 3)
         self.offset = torch.logit(clamped).view(1, 3, 1, 1)
 
@@ -288,6 +280,5 @@ class ColourSquash:
         return torch.sigmoid(torch.einsum("nchw,cd->ndhw", z, self.correlation) + self.offset)
 
     def to_model(self, rgb: Tensor) -> Tensor:
-        """Model-space images: ``(rgb - mean) @ W``, exactly :meth:`ColourTransform.to_model`."""
-        centred = rgb - self.mean.view(1, 3, 1, 1)
-        return torch.einsum("nchw,cd->ndhw", centred, self.matrix)
+        """Model-space images: the colour transform's own :meth:`ColourTransform.to_model`."""
+        return self.colour.to_model(rgb)

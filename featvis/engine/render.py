@@ -11,7 +11,6 @@ validation loop.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -22,16 +21,28 @@ import torch
 from torch import Tensor, nn
 
 from featvis.colour import ColourTransform
-from featvis.engine.hooks import LayerCapture, preserved_modes, resolve_layer
-from featvis.engine.objectives import Activations, ClassLogit, Diversity, Objective, as_objective
+from featvis.engine.checks import check_bool, check_choice, check_int, check_number
+from featvis.engine.hooks import LayerCapture, device_and_dtype, preserved_modes, resolve_layer
+from featvis.engine.objectives import (
+    Activations,
+    ClassLogit,
+    Diversity,
+    Objective,
+    as_objective,
+    class_names_of,
+)
 from featvis.engine.param import ColourSquash, ImageParam, Parameterisation, make_image_param
 from featvis.engine.transforms import Compose, Transform, default_transforms, slice_params
-from featvis.images import grid as image_grid
 
 OptimizerFactory = Callable[[list[Tensor], float], torch.optim.Optimizer]
-AutocastSetting = Literal["auto"] | torch.dtype | None
+Autocast = Literal["auto", "bf16", "fp16", "none"]
 #: Final learning rate of the cosine schedule, as a fraction of the peak.
 LR_FLOOR = 0.1
+_AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "none": None,
+}
 
 
 class NonFiniteError(FloatingPointError):
@@ -40,19 +51,48 @@ class NonFiniteError(FloatingPointError):
 
 @dataclass(frozen=True)
 class RenderConfig:
-    """Settings of :func:`render` (its keyword defaults), to store in a callback or a config file.
+    """How to render: the one declaration of every render setting, validated once when it is made.
 
-    ``render(model, targets, **config.kwargs())`` renders with these settings. See :func:`render` for the meaning
-    of each field.
+    :func:`render`, ``FeatureVisCallback(config=...)`` and ``featvis render`` all take it, so a setting has one
+    name, one default and one check. In a LightningCLI config file it is the callback's ``config:`` block, and
+    that block lists only what differs from these defaults.
+
+    Args:
+        images_per_target: images rendered per target (``K``).
+        image_size: side length of the (square) images in pixels, or their ``(height, width)``; None takes it
+            from the data or the model (the callback), else 32.
+        parameterisation: ``"fourier"`` (1/f-scaled spectrum) or ``"pixel"``.
+        decorrelate: optimise colours in the data's decorrelated basis (True) or per RGB channel.
+        decay: exponent of the Fourier ``1 / f`` scaling.
+        init_std: standard deviation of the random start of the parameters.
+        augment: random per-image transforms at every step: True for
+            :func:`~featvis.engine.transforms.default_transforms` sized for the image, False for none, or a list
+            of :class:`~featvis.engine.transforms.Transform` objects.
+        diversity_layer: layer (a name from ``model.named_modules()``) whose Gram matrices push a target's images
+            apart; None turns the diversity term off.
+        diversity_weight: strength of the diversity term.
+        steps: optimisation steps per render.
+        lr: learning rate of the image parameters (the peak, with the cosine schedule).
+        lr_schedule: ``"cosine"`` lowers the learning rate from ``lr`` to ``lr / 10`` over the steps along a half
+            cosine (the last steps refine instead of adding noise); ``"constant"`` keeps it.
+        optimizer: ``"adam"``, or a factory ``(parameters, lr) -> torch.optim.Optimizer``.
+        seed: seed of the render's private random generator; the same seed gives the same images.
+        max_batch_size: largest number of images per forward pass; None puts all in one. Batches are cut
+            between targets, so it must be at least ``images_per_target``. Chunking does not change the images.
+        autocast: ``"auto"`` (bfloat16 where the device runs it fast, for float32 models), ``"bf16"``,
+            ``"fp16"`` or ``"none"``.
+
+    Raises:
+        ValueError: a setting is out of range or of the wrong kind; the message names it.
     """
 
     images_per_target: int = 4
-    image_size: int | tuple[int, int] = 32
+    image_size: int | tuple[int, int] | None = None
     parameterisation: Parameterisation = "fourier"
     decorrelate: bool = True
     decay: float = 1.0
     init_std: float = 0.01
-    transforms: Sequence[Transform] | None = None
+    augment: bool | Sequence[Transform] = True
     diversity_layer: str | None = None
     diversity_weight: float = 2.0
     steps: int = 128
@@ -61,22 +101,79 @@ class RenderConfig:
     optimizer: Literal["adam"] | OptimizerFactory = "adam"
     seed: int = 0
     max_batch_size: int | None = None
-    autocast_dtype: AutocastSetting = "auto"
+    autocast: Autocast = "auto"
 
-    def kwargs(self) -> dict[str, Any]:
-        """The settings as keyword arguments of :func:`render` (shallow: transforms are not copied)."""
-        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+    def __post_init__(self) -> None:
+        check_int("images_per_target", self.images_per_target, 1)
+        if self.image_size is not None:
+            object.__setattr__(self, "image_size", _image_size(self.image_size))
+        check_choice("parameterisation", self.parameterisation, ("fourier", "pixel"))
+        check_bool("decorrelate", self.decorrelate)
+        object.__setattr__(self, "decay", check_number("decay", self.decay, 0.0))
+        object.__setattr__(self, "init_std", check_number("init_std", self.init_std, 0.0))
+        if not isinstance(self.augment, bool):
+            if isinstance(self.augment, str) or not isinstance(self.augment, Sequence):
+                raise ValueError(
+                    f"augment must be True, False or a list of Transforms, got {self.augment!r}."
+                )
+            for transform in self.augment:
+                if not isinstance(transform, Transform):
+                    raise ValueError(f"augment lists {transform!r}, which is not a featvis Transform.")
+            object.__setattr__(self, "augment", tuple(self.augment))
+        if self.diversity_layer is not None and (
+            not isinstance(self.diversity_layer, str) or not self.diversity_layer
+        ):
+            raise ValueError(f"diversity_layer must be a layer name or None, got {self.diversity_layer!r}.")
+        object.__setattr__(
+            self, "diversity_weight", check_number("diversity_weight", self.diversity_weight, 0.0)
+        )
+        check_int("steps", self.steps, 0)
+        object.__setattr__(self, "lr", check_number("lr", self.lr, 0.0, exclusive_minimum=True))
+        check_choice("lr_schedule", self.lr_schedule, ("cosine", "constant"))
+        if not (self.optimizer == "adam" or callable(self.optimizer)):
+            raise ValueError(
+                f"optimizer must be 'adam' or a factory (parameters, lr) -> Optimizer, got {self.optimizer!r}."
+            )
+        check_int("seed", self.seed)
+        if self.max_batch_size is not None:
+            check_int("max_batch_size", self.max_batch_size, 1)
+            if self.max_batch_size < self.images_per_target:
+                raise ValueError(
+                    f"max_batch_size ({self.max_batch_size}) must be >= images_per_target "
+                    f"({self.images_per_target}): each target's images share one batch so the diversity term "
+                    "can compare them."
+                )
+        check_choice("autocast", self.autocast, ("auto", *_AUTOCAST_DTYPES))
+
+    def replace(self, **overrides: Any) -> RenderConfig:
+        """A copy with some settings changed (validated again).
+
+        Raises:
+            ValueError: an override names no setting (the message lists the valid names).
+        """
+        names = [field.name for field in dataclasses.fields(self)]
+        unknown = sorted(set(overrides) - set(names))
+        if unknown:
+            raise ValueError(f"unknown render setting(s) {unknown}; valid settings: {names}.")
+        return dataclasses.replace(self, **overrides)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(height, width)`` of the images; 32 x 32 when ``image_size`` is None."""
+        return self.image_size if isinstance(self.image_size, tuple) else (32, 32)
 
 
 @dataclass(frozen=True)
 class RenderResult:
-    """What :func:`render` returns; ``T`` targets, ``K`` images per target.
+    """What :func:`render` returns; ``T`` targets, ``K`` images per target, ``C`` classes.
 
     Attributes:
         rgb: ``(T, K, 3, H, W)`` images in RGB, every value in [0, 1].
         model_input: ``(T, K, 3, H, W)`` the same images in model space, ``colour.to_model(rgb)``.
         values: ``(T, K)`` each image's final objective value (without augmentation and without the render's
             diversity term).
+        logits: ``(T, K, C)`` float logits of the shown images (full precision, no augmentation), from the same
+            forward pass as ``values``.
         targets: the objectives, in order.
         seconds: wall-clock time of the render.
     """
@@ -84,6 +181,7 @@ class RenderResult:
     rgb: Tensor
     model_input: Tensor
     values: Tensor
+    logits: Tensor
     targets: tuple[Objective, ...]
     seconds: float
 
@@ -92,15 +190,14 @@ class RenderResult:
         """One caption per target."""
         return [target.description for target in self.targets]
 
-    def grid(self, padding: int = 1, pad_value: float = 1.0) -> Tensor:
-        """All images in one ``(3, H', W')`` picture: one row per target, one column per image.
-
-        Args:
-            padding: pixels between images.
-            pad_value: colour of the gaps, in [0, 1].
-        """
-        # One tiling routine for the engine, the callback and `featvis render`.
-        return image_grid(self.rgb, scale=1, padding=padding, fill=pad_value).to(self.rgb)
+    def target_probs(self) -> Tensor:
+        """``(T, K)`` softmax probability of each class target's class on its own images; NaN for other targets."""
+        probs = torch.full(self.values.shape, float("nan"))
+        soft = self.logits.float().softmax(dim=-1).cpu()
+        for row, target in enumerate(self.targets):
+            if type(target) is ClassLogit:
+                probs[row] = soft[row, :, target.index]
+        return probs
 
 
 _DEFAULTS = RenderConfig()
@@ -110,59 +207,26 @@ def render(
     model: nn.Module,
     targets: Objective | int | Sequence[Objective | int] | None = None,
     *,
+    config: RenderConfig = _DEFAULTS,
     colour: ColourTransform | None = None,
     class_names: Sequence[str] | None = None,
-    images_per_target: int = _DEFAULTS.images_per_target,
-    image_size: int | tuple[int, int] = _DEFAULTS.image_size,
-    parameterisation: Parameterisation = _DEFAULTS.parameterisation,
-    decorrelate: bool = _DEFAULTS.decorrelate,
-    decay: float = _DEFAULTS.decay,
-    init_std: float = _DEFAULTS.init_std,
-    transforms: Sequence[Transform] | None = _DEFAULTS.transforms,
-    diversity_layer: str | None = _DEFAULTS.diversity_layer,
-    diversity_weight: float = _DEFAULTS.diversity_weight,
-    steps: int = _DEFAULTS.steps,
-    lr: float = _DEFAULTS.lr,
-    lr_schedule: Literal["cosine", "constant"] = _DEFAULTS.lr_schedule,
-    optimizer: Literal["adam"] | OptimizerFactory = _DEFAULTS.optimizer,
-    seed: int = _DEFAULTS.seed,
-    max_batch_size: int | None = _DEFAULTS.max_batch_size,
-    autocast_dtype: AutocastSetting = _DEFAULTS.autocast_dtype,
     progress: Callable[[int, int], None] | None = None,
+    **overrides: Any,
 ) -> RenderResult:
     """Optimise ``images_per_target`` images for each target, all targets in one batch.
 
     Args:
         model: maps model-space images ``(N, 3, H, W)`` to logits ``(N, C)``; its device and dtype are used.
         targets: an objective, a class index, or a sequence of them; None renders every class logit.
+        config: the render settings (see :class:`RenderConfig`).
         colour: the data's colour transform (RGB in [0, 1] to model space); None takes ``model.colour`` when the
             model has one (a ``ClassifierModule``), else the identity.
         class_names: captions of class targets; None takes ``model.class_names`` when present.
-        images_per_target: images rendered per target (``K``).
-        image_size: side length of the (square) images in pixels, or their ``(height, width)``.
-        parameterisation: ``"fourier"`` (1/f-scaled spectrum) or ``"pixel"``.
-        decorrelate: optimise colours in the data's decorrelated basis (True) or per RGB channel.
-        decay: exponent of the Fourier ``1 / f`` scaling.
-        init_std: standard deviation of the random start of the parameters.
-        transforms: random per-image transforms applied at every step; None uses
-            :func:`~featvis.engine.transforms.default_transforms` for ``image_size``; ``[]`` uses none.
-        diversity_layer: layer whose Gram matrices the diversity term compares between images of the same
-            target; None turns the term off.
-        diversity_weight: strength of the diversity term.
-        steps: optimisation steps.
-        lr: learning rate (the peak, with the cosine schedule).
-        lr_schedule: ``"cosine"`` lowers the learning rate from ``lr`` to ``lr / 10`` over the steps along a half
-            cosine (the last steps refine instead of adding noise); ``"constant"`` keeps it.
-        optimizer: ``"adam"``, or a factory ``(parameters, lr) -> torch.optim.Optimizer``.
-        seed: seed of the private random generator; the same seed gives the same images.
-        max_batch_size: largest number of images per forward pass; None puts all in one. Batches are cut
-            between targets, so it must be at least ``images_per_target``. Chunking does not change the images.
-        autocast_dtype: ``"auto"`` (bfloat16 autocast where the device supports it fast, for float32 models),
-            a dtype (``torch.bfloat16`` or ``torch.float16``), or None for no autocast.
         progress: called as ``progress(done_steps, total_steps)`` after every step (e.g. a progress bar).
+        **overrides: settings that replace those of ``config``, e.g. ``steps=32``.
 
     Returns:
-        A :class:`RenderResult` with RGB images in [0, 1], their model-space version and final values.
+        A :class:`RenderResult` with RGB images in [0, 1], their model-space version, final values and logits.
 
     Raises:
         ValueError: a bad setting, an unknown layer (the message lists the closest names), or a class or channel
@@ -170,43 +234,36 @@ def render(
         NonFiniteError: an objective value or gradient became NaN or infinite; the message names the target.
     """
     start_time = time.perf_counter()
-    _check_positive_int("images_per_target", images_per_target)
-    height, width = _image_size(image_size)
-    _check_positive_int("steps", steps, minimum=0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}.")
-    if not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}.")
-    if lr_schedule not in ("cosine", "constant"):
-        raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}.")
-    if max_batch_size is not None:
-        _check_positive_int("max_batch_size", max_batch_size)
-        if max_batch_size < images_per_target:
-            raise ValueError(
-                f"max_batch_size ({max_batch_size}) must be >= images_per_target ({images_per_target}): "
-                "each target's images share one batch so the diversity term can compare them."
-            )
-    if not (optimizer == "adam" or callable(optimizer)):
-        raise ValueError(
-            f"optimizer must be 'adam' or a factory (parameters, lr) -> Optimizer, got {optimizer!r}."
-        )
-    diversity = Diversity(diversity_layer, diversity_weight) if diversity_layer is not None else None
+    if overrides:
+        config = config.replace(**overrides)
+    images_per_target, steps, lr, max_batch_size = (
+        config.images_per_target,
+        config.steps,
+        config.lr,
+        config.max_batch_size,
+    )
+    height, width = config.size
+    diversity = None
+    if config.diversity_layer is not None:
+        diversity = Diversity(config.diversity_layer, config.diversity_weight)
 
-    device, dtype = _device_and_dtype(model)
-    amp_dtype = _resolve_autocast(autocast_dtype, device, dtype)
+    device, dtype = device_and_dtype(model)
+    amp_dtype = resolve_autocast(config.autocast, device, dtype)
     channels_last = _uses_channels_last(model)
     if colour is None:
         colour = getattr(model, "colour", None)
         if not isinstance(colour, ColourTransform):
             colour = ColourTransform.identity()
     if class_names is None:
-        names = getattr(model, "class_names", None)
-        class_names = list(names) if isinstance(names, Sequence) and not isinstance(names, str) else None
-    pipeline = Compose(default_transforms(max(height, width)) if transforms is None else transforms)
+        class_names = class_names_of(model)
+    if config.augment is True:
+        pipeline = Compose(default_transforms(max(height, width)))
+    else:
+        pipeline = Compose(list(config.augment) if config.augment else [])
 
     # Lightning validates under inference mode and no_grad; rendering needs autograd regardless.
     with torch.inference_mode(False), torch.enable_grad(), preserved_modes(model):
-        squash = ColourSquash(colour, decorrelate, device, dtype)
+        squash = ColourSquash(colour, config.decorrelate, device, dtype)
         explicit = targets is not None
         objectives = _collect_targets(targets, class_names)
         layers = set().union(*(o.layers for o in objectives)) if objectives else set()
@@ -227,25 +284,26 @@ def render(
             count = len(objectives)
             per_chunk = count if max_batch_size is None else max(1, max_batch_size // images_per_target)
             bounds = [(t, min(t + per_chunk, count)) for t in range(0, count, per_chunk)]
-            generator = torch.Generator(device=device).manual_seed(seed)
+            generator = torch.Generator(device=device).manual_seed(config.seed)
             # One draw for the whole batch, then split: chunking does not change any image's start.
             full = make_image_param(
-                parameterisation,
+                config.parameterisation,
                 count * images_per_target,
                 height,
                 width,
-                decay=decay,
-                init_std=init_std,
+                decay=config.decay,
+                init_std=config.init_std,
                 generator=generator,
                 dtype=dtype,
             )
             params = full.split([(stop - begin) * images_per_target for begin, stop in bounds])
             leaves = [param.parameter for param in params]
+            optimizer = config.optimizer
             optim = torch.optim.Adam(leaves, lr=lr) if optimizer == "adam" else optimizer(leaves, lr)
 
             for step in range(steps):
                 for group in optim.param_groups:
-                    group["lr"] = lr * _lr_factor(lr_schedule, step, steps)
+                    group["lr"] = lr * _lr_factor(config.lr_schedule, step, steps)
                 draws = pipeline.make_params(len(full), (height, width), generator)
                 for (begin, stop), param in zip(bounds, params, strict=True):
                     rows = slice(begin * images_per_target, stop * images_per_target)
@@ -265,12 +323,15 @@ def render(
                 if progress is not None:
                     progress(step + 1, steps)
 
-            rgb, model_input, values = _final(params, squash, forward, objectives, bounds, images_per_target)
+            rgb, model_input, values, logits = _final(
+                params, squash, forward, objectives, bounds, images_per_target
+            )
     shape = (count, images_per_target, 3, height, width)
     return RenderResult(
         rgb=rgb.reshape(shape),
         model_input=model_input.reshape(shape),
         values=values,
+        logits=logits.reshape(count, images_per_target, -1),
         targets=tuple(objectives),
         seconds=time.perf_counter() - start_time,
     )
@@ -299,19 +360,21 @@ def _final(
     objectives: list[Objective],
     bounds: list[tuple[int, int]],
     images_per_target: int,
-) -> tuple[Tensor, Tensor, Tensor]:
-    rgbs, inputs, values = [], [], []
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    rgbs, inputs, values, logits = [], [], [], []
     with torch.no_grad():
         for (begin, stop), param in zip(bounds, params, strict=True):
             rgb = squash.to_rgb(param.image())
             model_input = squash.to_model(rgb)
             # Full precision, no augmentation: the value a user would get by classifying the shown image.
-            chunk_values = _evaluate(objectives[begin:stop], forward(model_input, None), images_per_target)
+            acts = forward(model_input, None)
+            chunk_values = _evaluate(objectives[begin:stop], acts, images_per_target)
             _check_finite(chunk_values, None, objectives[begin:stop], images_per_target, None)
             rgbs.append(rgb)
             inputs.append(model_input)
             values.append(chunk_values.float())
-    return torch.cat(rgbs), torch.cat(inputs), torch.cat(values)
+            logits.append(acts.logits.float())
+    return torch.cat(rgbs), torch.cat(inputs), torch.cat(values), torch.cat(logits)
 
 
 def _lr_factor(schedule: str, step: int, steps: int) -> float:
@@ -325,7 +388,9 @@ def _evaluate(objectives: Sequence[Objective], acts: Activations, images_per_tar
     count = len(objectives)
     if all(type(o) is ClassLogit for o in objectives):
         # Common case (one class per target) in one gather instead of a Python loop; indices were checked.
-        index = torch.tensor([o.index for o in objectives], device=acts.logits.device)
+        index = torch.tensor(
+            [o.index for o in objectives if isinstance(o, ClassLogit)], device=acts.logits.device
+        )
         logits = acts.logits.reshape(count, images_per_target, -1)
         return (
             logits.gather(2, index.view(count, 1, 1).expand(count, images_per_target, 1)).squeeze(2).float()
@@ -381,18 +446,6 @@ def _image_size(image_size: int | tuple[int, int]) -> tuple[int, int]:
     return sides
 
 
-def _check_positive_int(name: str, value: int, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-
-
-def _device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    for tensor in itertools.chain(model.parameters(), model.buffers()):
-        if tensor.is_floating_point():
-            return tensor.device, tensor.dtype
-    return torch.device("cpu"), torch.float32
-
-
 def _uses_channels_last(model: nn.Module) -> bool:
     """Whether the model's conv weights are stored channels-last (then channels-last inputs avoid copies)."""
     for param in model.parameters():
@@ -401,11 +454,17 @@ def _uses_channels_last(model: nn.Module) -> bool:
     return False
 
 
-def _resolve_autocast(
-    setting: AutocastSetting, device: torch.device, dtype: torch.dtype
-) -> torch.dtype | None:
-    if setting is None:
-        return None
+def resolve_autocast(setting: Autocast, device: torch.device, dtype: torch.dtype) -> torch.dtype | None:
+    """The autocast dtype a render uses for ``setting`` on ``device`` for a model in ``dtype`` (None: no autocast).
+
+    ``"auto"`` picks bfloat16 only for float32 models on devices that run it natively (a CUDA device with bf16,
+    a CPU with AVX-512 bf16 instructions); elsewhere it renders in the model's own dtype.
+
+    Args:
+        setting: ``"auto"``, ``"bf16"``, ``"fp16"`` or ``"none"``.
+        device: where the model runs.
+        dtype: the model's floating dtype.
+    """
     if setting == "auto":
         if dtype != torch.float32:
             return None
@@ -414,11 +473,7 @@ def _resolve_autocast(
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
         return None
-    if setting in (torch.bfloat16, torch.float16):
-        return setting
-    raise ValueError(
-        f"autocast_dtype must be 'auto', torch.bfloat16, torch.float16 or None, got {setting!r}."
-    )
+    return _AUTOCAST_DTYPES[check_choice("autocast", setting, ("auto", *_AUTOCAST_DTYPES))]
 
 
 def _cpu_has_fast_bf16() -> bool:

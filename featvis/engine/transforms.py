@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from featvis.engine.checks import check_int, check_number
+
 Params = dict[str, Tensor]
 Size = tuple[int, int]
 
@@ -38,12 +40,12 @@ def _uniform(
     return low + (high - low) * draw
 
 
-def _check_number(name: str, value: float, minimum: float = 0.0, maximum: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}.")
-    if not minimum <= value <= maximum:
-        raise ValueError(f"{name} must lie in [{minimum}, {maximum}], got {value}.")
-    return float(value)
+def _affine(batch: int, device: torch.device, entries: dict[tuple[int, int], Tensor]) -> Tensor:
+    """``(batch, 3, 3)`` identity matrices with the given entries replaced by per-image values."""
+    matrix = torch.eye(3, device=device).repeat(batch, 1, 1)
+    for (row, column), values in entries.items():
+        matrix[:, row, column] = values
+    return matrix
 
 
 class Transform(ABC):
@@ -68,7 +70,7 @@ class Transform(ABC):
         return image_size
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        params = self.make_params(images.shape[0], tuple(images.shape[-2:]), generator)
+        params = self.make_params(images.shape[0], (images.shape[-2], images.shape[-1]), generator)
         return self.apply(images, params)
 
 
@@ -83,7 +85,7 @@ class AffineTransform(Transform):
         """``(N, 3, 3)`` sampling matrices for the drawn parameters."""
 
     def apply(self, images: Tensor, params: Params) -> Tensor:
-        return warp(images, self.matrices(params), tuple(images.shape[-2:]))
+        return warp(images, self.matrices(params), (images.shape[-2], images.shape[-1]))
 
 
 class Pad(Transform):
@@ -98,8 +100,7 @@ class Pad(Transform):
     """
 
     def __init__(self, pixels: int, fill: Literal["colour", "noise", "grey"] = "colour") -> None:
-        if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < 0:
-            raise ValueError(f"Pad pixels must be an integer >= 0, got {pixels!r}.")
+        check_int("Pad pixels", pixels, 0)
         if fill not in ("colour", "noise", "grey"):
             raise ValueError(f"Pad fill must be 'colour', 'noise' or 'grey', got {fill!r}.")
         self.pixels, self.fill = pixels, fill
@@ -141,7 +142,7 @@ class Jitter(AffineTransform):
     """
 
     def __init__(self, pixels: float, integer: bool = False) -> None:
-        self.pixels = _check_number("Jitter pixels", pixels)
+        self.pixels = check_number("Jitter pixels", pixels, 0.0)
         self.integer = integer
 
     def make_params(self, batch_size: int, image_size: Size, generator: torch.Generator) -> Params:
@@ -155,10 +156,8 @@ class Jitter(AffineTransform):
 
     def matrices(self, params: Params) -> Tensor:
         shift = params["shift"]
-        matrix = torch.eye(3, device=shift.device).repeat(shift.shape[0], 1, 1)
         # Sampling at x - shift moves the content by +shift.
-        matrix[:, :2, 2] = -shift
-        return matrix
+        return _affine(shift.shape[0], shift.device, {(0, 2): -shift[:, 0], (1, 2): -shift[:, 1]})
 
     def __repr__(self) -> str:
         return f"Jitter({self.pixels:g}{', integer=True' if self.integer else ''})"
@@ -173,8 +172,8 @@ class Scale(AffineTransform):
     """
 
     def __init__(self, low: float, high: float) -> None:
-        self.low = _check_number("Scale low", low, minimum=1e-3)
-        self.high = _check_number("Scale high", high, minimum=1e-3)
+        self.low = check_number("Scale low", low, 1e-3)
+        self.high = check_number("Scale high", high, 1e-3)
         if self.high < self.low:
             raise ValueError(f"Scale needs low <= high, got low={low}, high={high}.")
 
@@ -184,10 +183,7 @@ class Scale(AffineTransform):
 
     def matrices(self, params: Params) -> Tensor:
         inverse = 1.0 / params["factor"]
-        matrix = torch.eye(3, device=inverse.device).repeat(inverse.shape[0], 1, 1)
-        matrix[:, 0, 0] = inverse
-        matrix[:, 1, 1] = inverse
-        return matrix
+        return _affine(inverse.shape[0], inverse.device, {(0, 0): inverse, (1, 1): inverse})
 
     def __repr__(self) -> str:
         return f"Scale({self.low:g}, {self.high:g})"
@@ -201,7 +197,7 @@ class Rotate(AffineTransform):
     """
 
     def __init__(self, degrees: float) -> None:
-        self.degrees = _check_number("Rotate degrees", degrees, maximum=180.0)
+        self.degrees = check_number("Rotate degrees", degrees, 0.0, 180.0)
 
     def make_params(self, batch_size: int, image_size: Size, generator: torch.Generator) -> Params:
         return {"angle": _uniform(batch_size, -self.degrees, self.degrees, generator)}
@@ -209,10 +205,7 @@ class Rotate(AffineTransform):
     def matrices(self, params: Params) -> Tensor:
         angle = torch.deg2rad(params["angle"])
         cos, sin = angle.cos(), angle.sin()
-        matrix = torch.eye(3, device=angle.device).repeat(angle.shape[0], 1, 1)
-        matrix[:, 0, 0], matrix[:, 0, 1] = cos, sin
-        matrix[:, 1, 0], matrix[:, 1, 1] = -sin, cos
-        return matrix
+        return _affine(angle.shape[0], angle.device, {(0, 0): cos, (0, 1): sin, (1, 0): -sin, (1, 1): cos})
 
     def __repr__(self) -> str:
         return f"Rotate({self.degrees:g})"
@@ -226,16 +219,14 @@ class Flip(AffineTransform):
     """
 
     def __init__(self, p: float = 0.5) -> None:
-        self.p = _check_number("Flip p", p, maximum=1.0)
+        self.p = check_number("Flip p", p, 0.0, 1.0)
 
     def make_params(self, batch_size: int, image_size: Size, generator: torch.Generator) -> Params:
         return {"flip": torch.rand(batch_size, generator=generator, device=generator.device) < self.p}
 
     def matrices(self, params: Params) -> Tensor:
         flip = params["flip"]
-        matrix = torch.eye(3, device=flip.device).repeat(flip.shape[0], 1, 1)
-        matrix[:, 0, 0] = 1.0 - 2.0 * flip.float()
-        return matrix
+        return _affine(flip.shape[0], flip.device, {(0, 0): 1.0 - 2.0 * flip.float()})
 
     def __repr__(self) -> str:
         return f"Flip({self.p:g})"
@@ -317,7 +308,7 @@ class Compose(Transform):
         return {key[len(prefix) :]: value for key, value in params.items() if key.startswith(prefix)}
 
     def apply(self, images: Tensor, params: Params) -> Tensor:
-        target = self.output_size(tuple(images.shape[-2:]))
+        target = self.output_size((images.shape[-2], images.shape[-1]))
         pending: Tensor | None = None  # product of the affine matrices not yet applied
         for index, transform in enumerate(self.transforms):
             own = self._own(params, index)
@@ -326,7 +317,7 @@ class Compose(Transform):
                 pending = matrices if pending is None else pending @ matrices
                 continue
             if pending is not None:
-                images = warp(images, pending, tuple(images.shape[-2:]), self.padding_mode)
+                images = warp(images, pending, (images.shape[-2], images.shape[-1]), self.padding_mode)
                 pending = None
             images = transform.apply(images, own)
         if pending is not None:

@@ -21,13 +21,15 @@ global random state is used.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from featvis.engine.checks import check_int
+from featvis.engine.hooks import device_and_dtype, preserved_modes
 
 #: Added to FFT amplitudes before the log, so empty (all-constant) images give a finite spectrum.
 LOG_EPS = 1e-8
@@ -81,41 +83,14 @@ def _check_labels(labels: Tensor | Sequence[int], count: int, name: str) -> Tens
     return labels.long()
 
 
-def _check_positive_int(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    return value
-
-
 # ------------------------------------------------------------------------------------------ running models
-
-
-@contextmanager
-def _evaluating(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no gradients inside; each submodule's own train/eval flag restored on exit."""
-    modes = [(module, module.training) for module in model.modules()]
-    try:
-        model.eval()
-        with torch.no_grad():
-            yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
 
 
 def _batched_logits(
     model: nn.Module, images: Tensor, preprocess: Preprocess | None, batch_size: int
 ) -> Tensor:
-    """Float logits of ``model`` for RGB ``images``, in batches, on the CPU (caller holds :func:`_evaluating`)."""
-    device = _device_of(model)
+    """Float logits of ``model`` for RGB ``images``, in batches, on the CPU (caller holds eval mode and no_grad)."""
+    device = device_and_dtype(model)[0]
     outputs = []
     for start in range(0, images.shape[0], batch_size):
         batch = images[start : start + batch_size].to(device)
@@ -161,8 +136,8 @@ def penultimate_features(
         ``(N, D)`` float32 features on the CPU.
     """
     images = _check_images(images)
-    _check_positive_int("batch_size", batch_size)
-    device = _device_of(model)
+    check_int("batch_size", batch_size, 1)
+    device = device_and_dtype(model)[0]
     features_method = getattr(model, "features", None)
     captured: list[Tensor] = []
     handle = None
@@ -175,7 +150,7 @@ def penultimate_features(
         handle = _final_linear(model).register_forward_pre_hook(hook)
     outputs = []
     try:
-        with _evaluating(model):
+        with preserved_modes(model), torch.no_grad():
             for start in range(0, images.shape[0], batch_size):
                 batch = images[start : start + batch_size].to(device)
                 if preprocess is not None:
@@ -224,8 +199,8 @@ def radial_log_spectrum(images: Tensor, max_radius: int = 16, chunk_size: int = 
         ``(max_radius,)`` float32 tensor; entry ``r - 1`` is the mean log amplitude at radius ``r``.
     """
     images = _check_images(images)
-    _check_positive_int("max_radius", max_radius)
-    _check_positive_int("chunk_size", chunk_size)
+    check_int("max_radius", max_radius, 1)
+    check_int("chunk_size", chunk_size, 1)
     height, width = images.shape[-2:]
     if max_radius > min(height, width) // 2:
         raise ValueError(
@@ -246,7 +221,7 @@ def radial_log_spectrum(images: Tensor, max_radius: int = 16, chunk_size: int = 
     return (total / (counts * images.shape[0])).float()
 
 
-def spectral_gap(images: Tensor, reference_images: Tensor, max_radius: int = 16) -> float:
+def spectral_gap(images: Tensor, reference: Tensor, max_radius: int = 16) -> float:
     """Mean absolute difference between the radial log-amplitude spectra of two image sets.
 
     Uses :func:`radial_log_spectrum` (grey = channel mean, orthonormal FFT, natural log, radii 1..16). With
@@ -256,21 +231,26 @@ def spectral_gap(images: Tensor, reference_images: Tensor, max_radius: int = 16)
 
     Args:
         images: RGB images in [0, 1], ``(N, 3, H, W)``, e.g. visualisations.
-        reference_images: RGB images in [0, 1] of the same size, e.g. real test images.
+        reference: RGB images in [0, 1] of the same size, e.g. real test images; or their precomputed
+            :func:`radial_log_spectrum` (1-D), whose length then sets ``max_radius``.
         max_radius: largest radius bin (see :func:`radial_log_spectrum`).
 
     Returns:
         The gap, >= 0; 0 for identical sets.
     """
     images = _check_images(images, "images")
-    reference_images = _check_images(reference_images, "reference_images")
-    if images.shape[-2:] != reference_images.shape[-2:]:
-        raise ValueError(
-            f"images are {tuple(images.shape[-2:])} but reference_images are "
-            f"{tuple(reference_images.shape[-2:])}; compare images of the same size."
-        )
+    if isinstance(reference, Tensor) and reference.ndim == 1:
+        b = reference.float().cpu()
+        max_radius = b.numel()
+    else:
+        reference = _check_images(reference, "reference")
+        if images.shape[-2:] != reference.shape[-2:]:
+            raise ValueError(
+                f"images are {tuple(images.shape[-2:])} but the reference images are "
+                f"{tuple(reference.shape[-2:])}; compare images of the same size."
+            )
+        b = radial_log_spectrum(reference, max_radius)
     a = radial_log_spectrum(images, max_radius)
-    b = radial_log_spectrum(reference_images, max_radius)
     return float((a - b).abs().mean())
 
 
@@ -347,12 +327,12 @@ def robustness(
     """
     images = _check_images(images)
     targets = _check_labels(targets, images.shape[0], "targets")
-    _check_positive_int("repeats", repeats)
-    _check_positive_int("batch_size", batch_size)
+    check_int("repeats", repeats, 1)
+    check_int("batch_size", batch_size, 1)
     transform = transform or random_affine
     generator = torch.Generator().manual_seed(seed)
     total = 0.0
-    with _evaluating(model):
+    with preserved_modes(model), torch.no_grad():
         for _ in range(repeats):
             moved = transform(images, generator)
             if moved.shape[0] != images.shape[0]:
@@ -460,10 +440,10 @@ def transfer_accuracy(
         raise ValueError("reference_models must be an nn.Module or a non-empty sequence of nn.Modules.")
     images = _check_images(images)
     targets = _check_labels(targets, images.shape[0], "targets")
-    _check_positive_int("batch_size", batch_size)
+    check_int("batch_size", batch_size, 1)
     scores = []
     for model in models:
-        with _evaluating(model):
+        with preserved_modes(model), torch.no_grad():
             predictions = _batched_logits(model, images, None, batch_size).argmax(dim=1)
         scores.append(float((predictions == targets).double().mean()))
     return TransferAccuracy(mean=sum(scores) / len(scores), per_model=tuple(scores))
@@ -531,7 +511,7 @@ def plausibility_from_features(
         )
     vis_targets = _check_labels(vis_targets, vis_features.shape[0], "vis_targets")
     real_labels = _check_labels(real_labels, real_features.shape[0], "real_labels")
-    _check_positive_int("k", k)
+    check_int("k", k, 1)
     vis_total = real_total = 0.0
     for target in torch.unique(vis_targets):
         weight = int((vis_targets == target).sum())
@@ -581,18 +561,3 @@ def plausibility(
     vis = penultimate_features(reference_model, vis_rgb, batch_size=batch_size)
     real = penultimate_features(reference_model, real_rgb, batch_size=batch_size)
     return plausibility_from_features(vis, vis_targets, real, real_labels, k)
-
-
-__all__ = [
-    "DUPLICATE_DISTANCE",
-    "TransferAccuracy",
-    "feature_diversity",
-    "penultimate_features",
-    "plausibility",
-    "plausibility_from_features",
-    "radial_log_spectrum",
-    "random_affine",
-    "robustness",
-    "spectral_gap",
-    "transfer_accuracy",
-]

@@ -17,11 +17,11 @@ from featvis.engine import (
     LayerL2,
     Neuron,
     as_objective,
-    gram_matrices,
     layer_names,
     render,
     resolve_layer,
 )
+from featvis.engine.objectives import gram_matrices
 
 
 def _acts(seed: int = 0) -> Activations:
@@ -111,7 +111,7 @@ def test_out_of_range_indices_name_the_value_and_the_range() -> None:
         ClassLogit(-1)
     with pytest.raises(ValueError, match="channel must be an integer >= 0"):
         Channel("block.conv", -3)
-    with pytest.raises(ValueError, match="diversity weight must be >= 0"):
+    with pytest.raises(ValueError, match="diversity weight must be a finite number >= 0"):
         Diversity("layer", -1.0)
 
 

@@ -146,15 +146,15 @@ def test_default_transforms_are_sized_for_32_px() -> None:
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: Jitter(-1.0), r"Jitter pixels must lie in \[0.0, inf\], got -1.0"),
+        (lambda: Jitter(-1.0), "Jitter pixels must be a finite number >= 0, got -1.0"),
         (lambda: Jitter(float("nan")), "Jitter pixels must be a finite number"),
-        (lambda: Scale(0.0, 1.0), "Scale low must lie in"),
+        (lambda: Scale(0.0, 1.0), "Scale low must be a finite number >= 0.001, got 0.0"),
         (lambda: Scale(1.2, 1.1), "Scale needs low <= high, got low=1.2, high=1.1"),
-        (lambda: Rotate(200.0), r"Rotate degrees must lie in \[0.0, 180.0\], got 200.0"),
+        (lambda: Rotate(200.0), r"Rotate degrees must be a finite number in \[0, 180\], got 200.0"),
         (lambda: Pad(-2), "Pad pixels must be an integer >= 0, got -2"),
         (lambda: Pad(1.5), "Pad pixels must be an integer >= 0, got 1.5"),
         (lambda: Pad(2, fill="blue"), "Pad fill must be"),
-        (lambda: Flip(1.5), r"Flip p must lie in \[0.0, 1.0\], got 1.5"),
+        (lambda: Flip(1.5), r"Flip p must be a finite number in \[0, 1\], got 1.5"),
         (lambda: Compose([Jitter(1), "rotate"]), "transforms\\[1\\] is a str"),
     ],
 )

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from featvis.engine.metrics import (
+from featvis.model import SpeedNet
+from featvis.quality.metrics import (
     TransferAccuracy,
     feature_diversity,
     penultimate_features,
@@ -20,7 +21,6 @@ from featvis.engine.metrics import (
     spectral_gap,
     transfer_accuracy,
 )
-from featvis.model import SpeedNet
 
 
 def _smooth_images(count: int, seed: int) -> torch.Tensor:

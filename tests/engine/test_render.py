@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import inspect
 import random
 from collections import OrderedDict
 from pathlib import Path
@@ -36,9 +35,9 @@ FAST = {
     "steps": 12,
     "images_per_target": 2,
     "image_size": 16,
-    "autocast_dtype": None,
+    "autocast": "none",
     "lr": 0.05,
-    "transforms": [Pad(1), Jitter(1.0), Scale(0.9, 1.1), Rotate(5.0)],
+    "augment": [Pad(1), Jitter(1.0), Scale(0.9, 1.1), Rotate(5.0)],
 }
 
 
@@ -88,9 +87,7 @@ def test_result_shapes_ranges_and_model_input() -> None:
     flat = result.rgb.reshape(-1, 3, 16, 16)
     assert torch.allclose(result.model_input.reshape(-1, 3, 16, 16), colour.to_model(flat), atol=1e-5)
     assert result.descriptions == ["class 0 (c0)", "class 1 (c1)", "class 2 (c2)", "class 3 (c3)"]
-    grid = result.grid(padding=1)
-    assert grid.shape == (3, 4 * 17 + 1, 2 * 17 + 1)
-    assert torch.equal(grid[:, 1:17, 18:34], result.rgb[0, 1])
+    assert result.logits.shape == (4, 2, 4)
 
 
 def test_values_are_the_objective_on_the_returned_images() -> None:
@@ -112,7 +109,7 @@ def test_optimisation_increases_the_target() -> None:
 
 
 def test_pixel_parameterisation_and_no_transforms_also_optimise() -> None:
-    settings = {**FAST, "parameterisation": "pixel", "transforms": [], "decorrelate": False}
+    settings = {**FAST, "parameterisation": "pixel", "augment": False, "decorrelate": False}
     start = render(TinyNet(), 1, **{**settings, "steps": 0})
     end = render(TinyNet(), 1, **settings)
     assert end.rgb.min().item() >= 0 and end.rgb.max().item() <= 1
@@ -142,7 +139,7 @@ def test_chunked_render_equals_unchunked() -> None:
 
 def test_diversity_lowers_the_style_similarity_within_a_target() -> None:
     net = TinyNet()
-    settings = {**FAST, "steps": 20, "transforms": [], "images_per_target": 4}
+    settings = {**FAST, "steps": 20, "augment": False, "images_per_target": 4}
     plain = render(net, 0, **settings)
     diverse = render(net, 0, diversity_layer="features.relu1", diversity_weight=5.0, **settings)
 
@@ -247,7 +244,7 @@ def test_dtype_follows_the_model_and_bf16_autocast_still_optimises() -> None:
     result = render(net64, **FAST)
     assert result.model_input.dtype == torch.float64 and result.rgb.dtype == torch.float64
     start = render(TinyNet(), **{**FAST, "steps": 0})
-    bf16 = render(TinyNet(), **{**FAST, "autocast_dtype": torch.bfloat16, "steps": 20})
+    bf16 = render(TinyNet(), **{**FAST, "autocast": "bf16", "steps": 20})
     assert (bf16.values > start.values).all()
 
 
@@ -261,14 +258,27 @@ def test_model_colour_and_class_names_are_used_when_present() -> None:
     assert not torch.allclose(identity.model_input, implicit.model_input)
 
 
-def test_config_defaults_match_the_render_signature() -> None:
-    signature = inspect.signature(render).parameters
-    config = RenderConfig()
-    for name, value in config.kwargs().items():
-        assert signature[name].default == value, name
-    custom = RenderConfig(steps=3, images_per_target=1, image_size=8, autocast_dtype=None)
-    result = render(TinyNet(), **custom.kwargs())
-    assert result.rgb.shape == (4, 1, 3, 8, 8)
+def test_config_and_keyword_overrides_render_the_same_images() -> None:
+    config = RenderConfig(steps=3, images_per_target=1, image_size=8, autocast="none", seed=5)
+    from_config = render(TinyNet(), config=config)
+    overridden = render(
+        TinyNet(), config=RenderConfig(seed=5), steps=3, images_per_target=1, image_size=8, autocast="none"
+    )
+    assert from_config.rgb.shape == (4, 1, 3, 8, 8)
+    assert torch.equal(from_config.rgb, overridden.rgb)
+    with pytest.raises(ValueError, match=r"unknown render setting\(s\) \['stpes'\]"):
+        render(TinyNet(), stpes=3)
+
+
+def test_final_logits_give_the_target_probabilities() -> None:
+    net = TinyNet()
+    result = render(net, [1, Channel("features.conv2", 0)], **FAST)
+    with torch.no_grad():
+        logits = net.eval()(result.model_input[0]).float()
+    assert torch.allclose(result.logits[0], logits, atol=1e-5)
+    probs = result.target_probs()
+    assert torch.allclose(probs[0], logits.softmax(dim=1)[:, 1], atol=1e-6)
+    assert torch.isnan(probs[1]).all()  # a channel target has no class
 
 
 @pytest.mark.parametrize(
@@ -278,9 +288,14 @@ def test_config_defaults_match_the_render_signature() -> None:
         ({"images_per_target": 0}, "images_per_target must be an integer >= 1"),
         ({"lr": 0.0}, "lr must be a finite number > 0"),
         ({"optimizer": "lbfgs"}, "optimizer must be 'adam'"),
-        ({"lr_schedule": "step"}, "lr_schedule must be 'cosine' or 'constant', got 'step'"),
-        ({"autocast_dtype": torch.int8}, "autocast_dtype must be"),
-        ({"parameterisation": "wavelet"}, "unknown parameterisation 'wavelet'"),
+        ({"lr_schedule": "step"}, "lr_schedule must be one of 'cosine', 'constant', got 'step'"),
+        ({"autocast": "int8"}, "autocast must be one of 'auto', 'bf16', 'fp16', 'none', got 'int8'"),
+        (
+            {"parameterisation": "wavelet"},
+            "parameterisation must be one of 'fourier', 'pixel', got 'wavelet'",
+        ),
+        ({"max_batch_size": 1}, r"max_batch_size \(1\) must be >= images_per_target \(2\)"),
+        ({"augment": "yes"}, "augment must be True, False or a list of Transforms"),
     ],
 )
 def test_bad_settings_raise_value_errors(settings: dict, message: str) -> None:

@@ -1,0 +1,333 @@
+"""Reference classifiers and the quality benchmark CLI, on tiny synthetic CIFAR-format data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import write_cifar_folder
+
+import benchmarks.ablation as ablation
+import benchmarks.common as common
+import benchmarks.quality as quality
+from benchmarks.reference_models import (
+    ARCHITECTURES,
+    build_reference,
+    cifar_folder,
+    evaluate,
+    load_reference,
+    train_reference,
+)
+from featvis.data import read_class_names, read_split
+from featvis.engine import RenderConfig
+from featvis.images import write_image_folder
+from featvis.quality import penultimate_features
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = (4, 8, 8)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_reference_forward_shapes_and_features(arch):
+    model = build_reference(arch, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3), widths=TINY).eval()
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    logits = model(images)
+    assert logits.shape == (3, 10)
+    features = model.features(images)
+    assert features.shape == (3, TINY[-1])
+    assert torch.allclose(model.head(features), logits, atol=1e-6)
+    assert torch.allclose(penultimate_features(model, images), features, atol=1e-6)
+    # The input normalisation is part of the saved state, so a loaded model needs no outside statistics.
+    state = model.state_dict()
+    assert torch.allclose(state["normalise.mean"].flatten(), torch.tensor([0.4, 0.5, 0.6]))
+    assert torch.allclose(state["normalise.std"].flatten(), torch.tensor([0.2, 0.25, 0.3]))
+    # Average pooling only: the point is an architecture unlike featvis's max-pooling SpeedNet.
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert "MaxPool2d" not in kinds and "AdaptiveMaxPool2d" not in kinds
+
+
+def test_build_reference_rejects_unknown_arch_and_bad_stats():
+    with pytest.raises(ValueError, match="preact_resnet"):
+        build_reference("resnet50")
+    with pytest.raises(ValueError, match="std must be positive"):
+        build_reference("vgg_avg", std=(0.2, 0.0, 0.2))
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_train_reference_one_epoch_writes_loadable_file(cifar_dir, tmp_path, arch):
+    out = tmp_path / "ref" / f"{arch}_seed3.pt"
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    lines: list[str] = []
+    record = train_reference(
+        arch, seed=3, data_dir=cifar_dir, epochs=1, out_path=out, batch_size=32, widths=TINY, log=lines.append
+    )
+    assert torch.rand(1) == expected_next  # training used private generators only
+    assert out.is_file() and not out.with_name(out.name + ".partial").exists()
+    assert any("epoch 1/1" in line for line in lines)
+    model, info = load_reference(out)
+    assert info["arch"] == arch and info["seed"] == 3 and info["widths"] == list(TINY)
+    assert info["class_names"][0] == "airplane"
+    assert not model.training
+    test_images, test_labels = read_split(cifar_folder(cifar_dir), train=False)
+    assert info["test_accuracy"] == pytest.approx(evaluate(model, test_images, test_labels))
+    assert info["test_accuracy"] == record["test_accuracy"]
+    train_images = read_split(cifar_folder(cifar_dir), train=True)[0].float() / 255
+    assert torch.allclose(model.normalise.mean.flatten(), train_images.mean(dim=(0, 2, 3)), atol=1e-5)
+
+
+def test_train_reference_is_reproducible(cifar_dir, tmp_path):
+    first = train_reference(
+        "vgg_avg", 5, cifar_dir, 1, tmp_path / "a.pt", batch_size=32, widths=TINY, log=None
+    )
+    second = train_reference(
+        "vgg_avg", 5, cifar_dir, 1, tmp_path / "b.pt", batch_size=32, widths=TINY, log=None
+    )
+    for key, value in first["state_dict"].items():
+        assert torch.equal(value, second["state_dict"][key]), key
+
+
+def test_train_reference_rejects_bad_arguments(cifar_dir, tmp_path):
+    with pytest.raises(ValueError, match="unknown reference architecture"):
+        train_reference("speednet", 0, cifar_dir, 1, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="epochs"):
+        train_reference("vgg_avg", 0, cifar_dir, 0, tmp_path / "x.pt")
+    with pytest.raises(FileNotFoundError, match="cifar-10-batches-py"):
+        train_reference("vgg_avg", 0, tmp_path / "nowhere", 1, tmp_path / "x.pt")
+
+
+def test_load_reference_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="benchmarks.quality train"):
+        load_reference(tmp_path / "missing.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a reference model"):
+        load_reference(tmp_path / "other.pt")
+
+
+def test_load_png_folder_round_trip_and_errors(tmp_path):
+    names = ["airplane", "automobile", "bird"]
+    rgb = torch.rand(3, 2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    write_image_folder(rgb, names, tmp_path / "vis")
+    images, targets, paths = quality.load_png_folder(tmp_path / "vis", names)
+    assert images.shape == (6, 3, 32, 32)
+    assert targets.tolist() == [0, 0, 1, 1, 2, 2]
+    assert torch.allclose(images, rgb.flatten(0, 1), atol=0.5 / 255 + 1e-6)  # 8-bit rounding only
+    assert paths[0].endswith("airplane/0.png")
+    (tmp_path / "vis" / "zebra").mkdir()
+    with pytest.raises(ValueError, match="not named after a class"):
+        quality.load_png_folder(tmp_path / "vis", names)
+    with pytest.raises(ValueError, match="no PNG"):
+        quality.load_png_folder(tmp_path / "vis" / "zebra", names)
+
+
+# The data, reference models and checkpoint below are read-only inputs, made once for the module.
+
+
+@pytest.fixture(scope="module")
+def bigger_cifar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthetic CIFAR data with 150 test images (about 15 per class), enough for k-nearest neighbours."""
+    root = tmp_path_factory.mktemp("data")
+    write_cifar_folder(root, per_batch=150, seed=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def ref_paths(bigger_cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """Two tiny reference models trained for one epoch."""
+    folder = tmp_path_factory.mktemp("ref")
+    paths = []
+    for arch, seed in (("preact_resnet", 0), ("vgg_avg", 1)):
+        path = folder / f"{arch}_seed{seed}.pt"
+        train_reference(arch, seed, bigger_cifar, 1, path, batch_size=100, widths=TINY, log=None)
+        paths.append(str(path))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(bigger_cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A featvis ClassifierModule checkpoint after two training steps on the synthetic data."""
+    import lightning as L
+
+    from featvis.data import CIFARDataModule
+    from featvis.model import ClassifierModule
+
+    root = tmp_path_factory.mktemp("ckpt")
+    L.seed_everything(0)
+    model = ClassifierModule(widths=[4, 8], channels_last=False)
+    trainer = L.Trainer(max_steps=2, logger=False, enable_progress_bar=False, default_root_dir=root)
+    trainer.fit(model, CIFARDataModule(data_dir=str(bigger_cifar), batch_size=50, download=False))
+    trainer.save_checkpoint(root / "tiny.ckpt")
+    return root / "tiny.ckpt"
+
+
+def test_cli_score_of_real_images_matches_each_references_own_accuracy(
+    bigger_cifar, ref_paths, tmp_path, capsys
+):
+    folder = cifar_folder(bigger_cifar)
+    names = read_class_names(folder)
+    images, labels = read_split(folder, train=False)
+    # Two test images of each class, written as PNGs (lossless for uint8 images) in the folders of their class.
+    chosen = torch.stack([torch.nonzero(labels == c).flatten()[:2] for c in range(10)])  # (classes, 2)
+    write_image_folder(images[chosen].float() / 255, names, tmp_path / "vis")
+
+    out = tmp_path / "score.json"
+    args = ["score", "--pngs", str(tmp_path / "vis"), "--refs", *ref_paths, "--data-dir", str(bigger_cifar)]
+    result = quality.main([*args, "--k", "3", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert "preact_resnet_seed0" in printed and "spectral gap vs test set" in printed
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert result["images"] == 20
+    assert (
+        set(result["transfer"])
+        == set(result["plausibility"])
+        == {"preact_resnet_seed0", "vgg_avg_seed1", "mean"}
+    )
+    # Transfer accuracy is each reference's own accuracy on exactly these images under their folder's class.
+    for path in ref_paths:
+        model, info = load_reference(path)
+        name = Path(path).stem
+        expected = evaluate(model, images[chosen.flatten()], labels[chosen.flatten()])
+        assert result["transfer"][name] == pytest.approx(expected)
+        assert result["reference_test_accuracy"][name] == pytest.approx(info["test_accuracy"])
+    assert result["transfer"]["mean"] == pytest.approx(
+        sum(result["transfer"][Path(p).stem] for p in ref_paths) / 2
+    )
+    # Real test images scored against the test set they come from: a small gap, plausible features.
+    assert 0.0 <= result["spectral_gap"] < 0.2
+    assert 0.3 < result["plausibility"]["mean"] < 2.0
+    assert "robustness" not in result and "diversity" not in result
+
+
+def test_cli_score_real_separates_real_images_from_noise(bigger_cifar, ref_paths):
+    args = [
+        "score-real",
+        "--refs",
+        *ref_paths,
+        "--data-dir",
+        str(bigger_cifar),
+        "--k",
+        "3",
+        "--per-class",
+        "2",
+    ]
+    real = quality.main(args)
+    assert set(real) == {"real", "uniform_noise"}
+    assert real["real"]["images"] == real["uniform_noise"]["images"] == 20
+    # Noise is far from the real spectrum and from real features; real images (left out of the reference set)
+    # are close to other real images.
+    assert real["real"]["spectral_gap"] < real["uniform_noise"]["spectral_gap"]
+    assert 0.5 < real["real"]["plausibility"]["mean"] < 2.0
+    assert real["uniform_noise"]["plausibility"]["mean"] > real["real"]["plausibility"]["mean"]
+
+
+def test_cli_score_with_ckpt_measures_diversity_within_each_class(
+    bigger_cifar, ref_paths, tiny_ckpt, tmp_path
+):
+    names = read_class_names(cifar_folder(bigger_cifar))
+    generator = torch.Generator().manual_seed(0)
+    varied = torch.rand(10, 2, 3, 32, 32, generator=generator)
+    alike = torch.rand(10, 1, 3, 32, 32, generator=generator).expand(10, 2, 3, 32, 32)
+    scores = {}
+    for kind, rgb in (("varied", varied), ("alike", alike)):
+        write_image_folder(rgb, names, tmp_path / kind)
+        args = [
+            "score",
+            "--pngs",
+            str(tmp_path / kind),
+            "--refs",
+            *ref_paths,
+            "--data-dir",
+            str(bigger_cifar),
+        ]
+        scores[kind] = quality.main([*args, "--k", "3", "--ckpt", str(tiny_ckpt)])
+    for result in scores.values():
+        assert 0.0 <= result["robustness"] <= 1.0
+    # Two copies of one image per class: no diversity within any class, whatever differs between classes.
+    assert scores["alike"]["diversity"] == pytest.approx(0.0, abs=1e-5)
+    assert scores["varied"]["diversity"] > 1e-3
+
+
+def test_as_render_groups_equal_classes_into_rows():
+    images = torch.arange(6.0).view(6, 1, 1, 1).expand(6, 3, 2, 2)
+    rgb, classes = quality.as_render(images, torch.tensor([4, 4, 1, 1, 7, 7]))
+    assert rgb.shape == (3, 2, 3, 2, 2) and classes == [1, 4, 7]
+    assert rgb[:, :, 0, 0, 0].tolist() == [[2.0, 3.0], [0.0, 1.0], [4.0, 5.0]]
+    # Unequal counts: one row per image, in the given order.
+    rgb, classes = quality.as_render(images, torch.tensor([4, 4, 4, 1, 1, 7]))
+    assert rgb.shape == (6, 1, 3, 2, 2) and classes == [4, 4, 4, 1, 1, 7]
+
+
+def test_callback_args_reads_the_config_block_and_tolerates_its_absence(tmp_path):
+    entry = {"class_path": "featvis.FeatureVisCallback"}
+    plain = common.callback_args({"trainer": {"callbacks": [entry]}})
+    assert plain == {"config": RenderConfig()}
+    custom = {**entry, "init_args": {"every_n_epochs": 2, "config": {"steps": 7, "autocast": "none"}}}
+    args = common.callback_args({"trainer": {"callbacks": [{"class_path": "x.Other"}, custom]}})
+    assert args["every_n_epochs"] == 2
+    assert args["config"] == RenderConfig(steps=7, autocast="none")
+    with pytest.raises(ValueError, match="no FeatureVisCallback"):
+        common.callback_args({"trainer": {"callbacks": [{"class_path": "x.Other"}]}})
+    with pytest.raises(ValueError, match="steps"):
+        common.callback_args({"trainer": {"callbacks": [{**entry, "init_args": {"config": {"steps": -1}}}]}})
+    # The repository's own config makes a working callback.
+    from featvis.callback import FeatureVisCallback
+
+    config = common.load_config()
+    callback = FeatureVisCallback(**common.callback_args(config))
+    assert isinstance(callback.config, RenderConfig)
+    assert config["data"]["batch_size"] >= 1
+
+
+def test_write_json_and_run_script_exit_code(tmp_path, capsys):
+    common.write_json({"b": 1, "a": [0.5]}, tmp_path / "sub" / "out.json")
+    assert json.loads((tmp_path / "sub" / "out.json").read_text()) == {"a": [0.5], "b": 1}
+    common.write_json({"a": 1}, None)  # writes nothing
+
+    def bad() -> None:
+        raise FileNotFoundError("no such data")
+
+    with pytest.raises(SystemExit) as info:
+        common.run_script(bad)
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: no such data"
+
+
+def test_module_runs_from_the_repository_root_and_reports_user_errors(tmp_path):
+    command = [sys.executable, "-m", "benchmarks.quality", "score", "--pngs", str(tmp_path / "none")]
+    done = subprocess.run([*command, "--data-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: ") and "cifar-10-batches-py" in done.stderr
+
+
+def test_ablation_renders_every_variant_and_scores_it(bigger_cifar, ref_paths, tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "ablation.json"
+    args = ["--ckpt", str(tiny_ckpt), "--refs", *ref_paths, "--data-dir", str(bigger_cifar), "--steps", "4"]
+    args += ["--images-per-target", "2", "--k", "3", "--diversity-layer", "net.group1"]
+    rows = ablation.main([*args, "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert [row["name"] for row in rows] == [name for name, _ in ablation.variants("net.group1", 2.0)]
+    assert "| pixel only |" in printed and "| + diversity |" in printed
+    saved = json.loads(out.read_text())
+    assert saved["steps"] == 4 and saved["rows"][0]["settings"]["augment"] is False
+    assert "(10 classes x 2 images, 4 steps" in printed
+    # Each row changes exactly one ingredient: the settings of consecutive rows differ in one key.
+    for before, after in zip(rows, rows[1:], strict=False):
+        keys = set(before["settings"]) | set(after["settings"])
+        changed = {key for key in keys if before["settings"].get(key) != after["settings"].get(key)}
+        assert len(changed) == 1 or set(changed) == {"diversity_layer", "diversity_weight"}, changed
+    for row in rows:
+        assert 0.0 <= row["transfer"] <= 1.0 and row["spectral_gap"] > 0 and row["seconds"] > 0
+        assert 0.0 <= row["robustness"] <= 1.0
+        assert set(row["transfer_per_model"]) == {"preact_resnet_seed0", "vgg_avg_seed1"}
+    # Fourier images have another spectrum than pixel images from the same start and steps.
+    assert rows[2]["spectral_gap"] != rows[1]["spectral_gap"]
+
+
+def test_ablation_quantise_matches_png_levels():
+    rgb = torch.tensor([-0.2, 0.0, 0.5, 0.70001, 1.3])
+    assert torch.equal(ablation.quantise(rgb) * 255, torch.tensor([0.0, 0.0, 128.0, 179.0, 255.0]))

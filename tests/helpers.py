@@ -1,0 +1,160 @@
+"""Shared test helpers: a tiny Lightning classifier, a trainer factory, event-file reading, tiny CIFAR folders."""
+
+from __future__ import annotations
+
+import pickle
+from collections import OrderedDict
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import IMAGES, SCALARS, EventAccumulator
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from featvis.colour import ColourTransform
+from featvis.engine import RenderConfig
+
+CLASSES = ["red", "green", "blue"]
+SIZE = 8
+# Few steps and images keep every render a fraction of a second.
+FAST = RenderConfig(steps=3, images_per_target=2, image_size=SIZE)
+
+
+class TinyClassifier(L.LightningModule):
+    """A tiny conv classifier with BatchNorm and dropout (so global RNG use would change training)."""
+
+    def __init__(self, num_classes: int = 3, dropout: float = 0.2, shuffle: bool = True, samples: int = 48):
+        super().__init__()
+        self.net = nn.Sequential(
+            OrderedDict(
+                conv=nn.Conv2d(3, 6, 3, padding=1),
+                bn=nn.BatchNorm2d(6),
+                act=nn.ReLU(),
+                drop=nn.Dropout(dropout),
+                pool=nn.AdaptiveAvgPool2d(1),
+                flat=nn.Flatten(),
+                head=nn.Linear(6, num_classes),
+            )
+        )
+        self.class_names = (
+            CLASSES[:num_classes] if num_classes <= 3 else [f"c{i}" for i in range(num_classes)]
+        )
+        self.colour = ColourTransform.from_normalisation([0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+        self.shuffle = shuffle
+        self.samples = samples
+        self.num_classes = num_classes
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+    def _data(self, seed: int) -> TensorDataset:
+        g = torch.Generator().manual_seed(seed)
+        labels = torch.randint(0, self.num_classes, (self.samples,), generator=g)
+        images = torch.randn(self.samples, 3, SIZE, SIZE, generator=g) * 0.5
+        images[torch.arange(self.samples), labels % 3] += 2.0  # class = dominant channel
+        return TensorDataset(images, labels)
+
+    def train_dataloader(self):
+        return DataLoader(self._data(0), batch_size=16, shuffle=self.shuffle)
+
+    def val_dataloader(self):
+        return DataLoader(self._data(1), batch_size=16)
+
+
+def make_trainer(root: Path, callbacks=(), epochs: int = 2, logger="tb", version=0, **kwargs) -> L.Trainer:
+    if logger == "tb":
+        logger = TensorBoardLogger(str(root), name="run", version=version)
+    defaults = {
+        "max_epochs": epochs,
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": logger,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": str(root),
+        "num_sanity_val_steps": 0,
+        "log_every_n_steps": 1,
+    }
+    defaults.update(kwargs)
+    return L.Trainer(callbacks=list(callbacks), **defaults)
+
+
+def read_events(log_dir: Path) -> dict:
+    """Images and scalars of every event file below ``log_dir``: {tag: [(step, width, height)]}, {tag: [steps]}."""
+    images: dict[str, list] = {}
+    scalars: dict[str, list] = {}
+    for path in sorted(Path(log_dir).rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(path), size_guidance={IMAGES: 0, SCALARS: 0})
+        acc.Reload()
+        for tag in acc.Tags()["images"]:
+            images.setdefault(tag, []).extend((e.step, e.width, e.height) for e in acc.Images(tag))
+        for tag in acc.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend(e.step for e in acc.Scalars(tag))
+    return {"images": images, "scalars": scalars}
+
+
+def read_scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of every event of scalar ``tag`` below ``log_dir``, in step order."""
+    values = []
+    for path in sorted(Path(log_dir).rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(path), size_guidance={SCALARS: 0})
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            values.extend((e.step, e.value) for e in acc.Scalars(tag))
+    return sorted(values)
+
+
+def png_epochs(folder: Path) -> list[str]:
+    return sorted(p.name for p in (folder / "featvis").glob("epoch_*"))
+
+
+def write_cifar_folder(root: Path, per_batch: int = 20, seed: int = 0) -> Path:
+    """Write a tiny CIFAR-10 python-batch folder (5 train batches, 1 test batch, meta) under ``root``.
+
+    Images are class-dependent colour blobs plus noise, so a small network can learn them.
+    """
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    palette = rng.integers(0, 256, size=(10, 3))
+
+    def batch(label: str, count: int) -> dict:
+        labels = rng.integers(0, 10, size=count)
+        images = np.empty((count, 3, 32, 32), dtype=np.uint8)
+        for i, y in enumerate(labels):
+            base = palette[y][:, None, None].astype(np.float64)
+            noise = rng.normal(0, 30, size=(3, 32, 32))
+            images[i] = np.clip(base + noise, 0, 255).astype(np.uint8)
+        return {
+            "batch_label": label,
+            "labels": labels.tolist(),
+            "data": images.reshape(count, 3072),
+            "filenames": [f"img_{label}_{i}.png" for i in range(count)],
+        }
+
+    for i in range(1, 6):
+        with open(folder / f"data_batch_{i}", "wb") as f:
+            pickle.dump(batch(f"training batch {i} of 5", per_batch), f)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump(batch("testing batch 1 of 1", per_batch), f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": names, "num_cases_per_batch": per_batch, "num_vis": 3072}, f)
+    return folder

@@ -1,0 +1,74 @@
+"""featvis.quality.report: score_render computes what its inputs allow, on the right rows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from featvis.colour import ColourTransform
+from featvis.quality import RGBInput, reference_spectrum, score_render
+
+
+class AlwaysClass(nn.Module):
+    """Answers ``label`` whatever the image; a linear head so penultimate features exist."""
+
+    def __init__(self, label: int, classes: int = 3) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(3, classes)
+        with torch.no_grad():
+            self.head.weight.zero_()
+            self.head.bias.copy_(nn.functional.one_hot(torch.tensor(label), classes).float() * 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(x).flatten(1))
+
+
+def _render(targets: int = 3, per_target: int = 2, seed: int = 0) -> torch.Tensor:
+    return torch.rand(targets, per_target, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+def test_transfer_and_robustness_use_the_class_targets_only() -> None:
+    rgb = _render()
+    report = score_render(rgb, [0, 1, None], model=AlwaysClass(0), references={"zero": AlwaysClass(0)})
+    # Rows 0 and 1 are classes 0 and 1; the channel row (None) is not scored: 2 of 4 class images are class 0.
+    assert report.scores["transfer_accuracy"] == pytest.approx(0.5)
+    assert report.scores["transfer_accuracy/zero"] == pytest.approx(0.5)
+    # Robustness is the softmax probability of the target: ~1 for class 0's images, ~0 for class 1's.
+    assert report.scores["robustness"] == pytest.approx(0.5, abs=1e-3)
+    only_zero = score_render(rgb, [0, None, None], references={"zero": AlwaysClass(0)})
+    assert only_zero.scores == {"transfer_accuracy": 1.0, "transfer_accuracy/zero": 1.0}
+
+
+def test_diversity_is_zero_for_copies_and_skipped_without_a_linear_head() -> None:
+    copies = _render(2, 1).expand(2, 3, 3, 16, 16)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    assert score_render(copies, [0, 1], model=model).scores["diversity"] == pytest.approx(0.0, abs=1e-6)
+    assert score_render(_render(), [0, 1, 2], model=model).scores["diversity"] > 0.0
+    headless = nn.Sequential(nn.Conv2d(3, 3, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    report = score_render(_render(), [None] * 3, model=headless)
+    assert "diversity" not in report.scores and "nn.Linear" in report.skipped["diversity"]
+
+
+def test_spectral_gap_against_a_precomputed_spectrum() -> None:
+    rgb = _render(4, 4)
+    same = reference_spectrum(rgb.flatten(0, 1), 16)
+    assert score_render(rgb, [None] * 4, spectrum=same).scores["spectral_gap"] == pytest.approx(0.0, abs=1e-6)
+    smooth = torch.nn.functional.avg_pool2d(rgb.flatten(0, 1), 3, 1, 1).view_as(rgb)
+    assert score_render(smooth, [None] * 4, spectrum=same).scores["spectral_gap"] > 0.1
+    uint8 = (rgb.flatten(0, 1) * 255).round().to(torch.uint8)
+    assert torch.allclose(reference_spectrum(uint8, 16), same, atol=0.05)
+
+
+def test_rgb_input_feeds_the_model_its_own_space_without_moving_the_colour() -> None:
+    colour = ColourTransform.from_normalisation([0.5, 0.4, 0.3], [0.2, 0.25, 0.3])
+    seen = []
+    model = nn.Sequential(nn.Identity())
+    model.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    rgb = torch.rand(2, 3, 4, 4)
+    RGBInput(model.double(), colour)(rgb)
+    assert seen[0].dtype == torch.float32  # no float parameters: computes in float32
+    assert torch.allclose(seen[0], colour.to_model(rgb))
+    assert RGBInput(nn.Linear(2, 2).double(), colour).dtype == torch.float64
+    assert colour.mean.device.type == "cpu" and colour.mean.dtype == torch.float32

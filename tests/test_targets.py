@@ -1,0 +1,108 @@
+"""featvis.targets: class names and indices, layer channels and neurons -> objectives and tags."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import TinyClassifier
+from torch import nn
+
+from featvis.engine import Channel, ClassLogit, Neuron
+from featvis.targets import (
+    TargetSpec,
+    called_layers,
+    class_index,
+    image_size_of,
+    resolve_targets,
+    unique_tags,
+)
+
+NAMES = ["red", "green", "blue"]
+
+
+def test_class_index_takes_indices_names_and_digit_strings() -> None:
+    assert [class_index(t, NAMES) for t in (2, "green", "0")] == [2, 1, 0]
+    assert class_index(7, None) == 7  # nothing names the classes: any index is taken as it is
+
+
+@pytest.mark.parametrize(
+    ("target", "names", "message"),
+    [
+        (3, NAMES, r"class index 3 is out of range: there are 3 classes \(valid: 0\.\.2\)"),
+        ("zebra", NAMES, r"unknown class 'zebra'; valid names: \['red', 'green', 'blue'\]"),
+        ("zebra", None, "neither the datamodule"),
+        (-1, NAMES, "class index must be an integer >= 0, got -1"),
+    ],
+)
+def test_bad_classes_name_the_valid_ones(target, names, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        class_index(target, names)
+
+
+def test_classes_then_channels_with_one_tag_spelling() -> None:
+    model = TinyClassifier()
+    targets = resolve_targets(
+        model, 8, classes=["blue", 0], class_names=NAMES, layer="net.conv", channels=[4]
+    )
+    assert [t.tag for t in targets] == ["blue", "red", "net.conv.ch4"]
+    assert [t.class_index for t in targets] == [2, 0, None]
+    assert isinstance(targets[0].objective, ClassLogit) and targets[0].objective.index == 2
+    assert isinstance(targets[2].objective, Channel) and targets[2].objective.channel == 4
+    neurons = resolve_targets(model, 8, layer="net.act", neuron=True)
+    assert [t.tag for t in neurons] == [f"net.act.neuron{c}" for c in range(6)]  # first min(10, 6) channels
+    assert all(isinstance(t.objective, Neuron) for t in neurons)
+
+
+def test_every_class_by_default_counted_from_the_logits_without_names() -> None:
+    targets = resolve_targets(TinyClassifier(num_classes=5), 8)
+    assert [t.tag for t in targets] == ["0", "1", "2", "3", "4"]
+
+
+def test_layer_errors_say_what_is_wrong() -> None:
+    model = TinyClassifier()
+    model.unused = nn.Conv2d(3, 3, 1)
+    with pytest.raises(ValueError, match=r"channel 6 is out of range: layer 'net.conv' has 6 channels"):
+        resolve_targets(model, 8, layer="net.conv", channels=[6])
+    with pytest.raises(
+        ValueError, match="layer 'unused' is not called by the model's forward pass; choose one of: net,"
+    ):
+        resolve_targets(model, 8, layer="unused")
+    with pytest.raises(ValueError, match="no channel axis"):
+        resolve_targets(nn.Sequential(nn.Flatten(0), nn.Linear(192, 3)), 8, layer="0")
+    assert called_layers(model, 8)[:3] == ["net", "net.conv", "net.bn"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"classes": []}, "non-empty"),
+        ({"classes": "cat"}, "list"),
+        ({"classes": [1.5]}, "class index must be an integer"),
+        ({"channels": [1]}, "channels needs layer"),
+        ({"neuron": True}, "neuron=True needs layer"),
+        ({"layer": "x", "channels": [-1]}, "channel must be an integer >= 0"),
+    ],
+)
+def test_spec_is_validated_when_made(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        TargetSpec(**kwargs)
+
+
+def test_tags_are_safe_unique_and_not_reserved() -> None:
+    assert unique_tags(["a b", "a b", "all", "timeline", "x/y"]) == [
+        "a_b",
+        "a_b_2",
+        "all_",
+        "timeline_",
+        "x_y",
+    ]
+
+
+def test_image_size_from_the_first_source_that_declares_one() -> None:
+    class Data:
+        image_size = 24
+
+    model = TinyClassifier()
+    assert image_size_of(None, model) is None
+    assert image_size_of(Data(), model) == 24
+    model.example_input_array = __import__("torch").zeros(1, 3, 12, 12)
+    assert image_size_of(None, model) == 12
