@@ -17,7 +17,7 @@ import yaml
 from torch import Tensor, nn
 
 from benchmarks.reference_models import cifar_folder, load_reference
-from featvis.data import read_class_names, read_split
+from featvis.cifar import read_class_names, read_split
 from featvis.engine import RenderConfig
 from featvis.quality import RGBInput, score_render
 
@@ -70,8 +70,9 @@ def load_config(path: str | Path = CONFIG) -> dict:
 def callback_args(config: dict, path: str | Path = CONFIG) -> dict:
     """``FeatureVisCallback`` arguments of a loaded config, its render settings as a :class:`RenderConfig`.
 
-    The callback entry under ``trainer.callbacks`` holds ``init_args``, whose ``config`` block lists the render
-    settings that differ from :class:`RenderConfig`'s defaults; a missing block means all defaults.
+    ``featvis fit`` configures its callback in the top-level ``featvis:`` section (a config written for a plain
+    LightningCLI may list it under ``trainer.callbacks`` with ``init_args`` instead); its ``config`` block lists
+    the render settings that differ from :class:`RenderConfig`'s defaults, and a missing block means all defaults.
 
     Args:
         config: a config loaded by :func:`load_config`.
@@ -80,12 +81,14 @@ def callback_args(config: dict, path: str | Path = CONFIG) -> dict:
     Raises:
         ValueError: the config has no ``FeatureVisCallback`` entry, or a render setting is invalid.
     """
-    args = None
+    args = dict(config["featvis"] or {}) if "featvis" in config else None
     for entry in (config.get("trainer") or {}).get("callbacks") or []:
         if str(entry.get("class_path", "")).endswith("FeatureVisCallback"):
             args = dict(entry.get("init_args") or {})
     if args is None:
-        raise ValueError(f"{path} has no FeatureVisCallback entry under trainer.callbacks.")
+        raise ValueError(
+            f"{path} has no featvis section and no FeatureVisCallback entry under trainer.callbacks."
+        )
     args["config"] = RenderConfig(**(args.get("config") or {}))
     return args
 

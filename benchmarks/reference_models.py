@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from featvis.data import CIFAR10_FOLDER, random_crop_flip, read_class_names, read_split
+from featvis.cifar import CIFAR10_FOLDER, read_class_names, read_split
+from featvis.data import random_crop_flip
 from featvis.model import warmup_linear_decay
 
 

@@ -37,7 +37,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from benchmarks.common import load_config, make_parser, run_script
-from featvis.data import CIFAR10_FOLDER, TEST_BATCH, TRAIN_BATCHES, CIFARDataModule, read_split
+from featvis.cifar import CIFAR10_FOLDER, TEST_BATCH, TRAIN_BATCHES, read_split
+from featvis.data import CIFARDataModule
 from featvis.model import SpeedNet
 
 LABEL_SMOOTHING = 0.2

@@ -3,7 +3,9 @@
 A thin Lightning adapter: :func:`featvis.engine.render` optimises the images, :mod:`featvis.targets` says what
 to render, :func:`featvis.quality.score_render` scores it and :mod:`featvis.outputs` writes it. This module owns
 only the Lightning concerns: which hooks render (once before training, then every ``every_n_epochs``-th epoch),
-the timeline state saved in checkpoints, and the DDP split and gather.
+at which step they log (the trainer's global step, the x axis of Lightning's own charts), the timeline state saved
+in checkpoints (and, on resume, dropping PNG folders that the checkpoint does not cover), and the DDP split and
+gather.
 
 It leaves training untouched: the engine restores train/eval flags, never writes parameter gradients and draws
 its randomness from a private generator seeded identically every epoch, and the callback additionally forks the
@@ -37,16 +39,20 @@ _NO_COLOUR = (
 class FeatureVisCallback(Callback):
     """Render feature visualisations during training and log them to every logger.
 
-    Renders once before training (logged at step 0) and at the end of every ``every_n_epochs``-th training epoch
-    (epoch ``e``, counted from 1, is logged at step ``e``), with the same seed every time, so the starting noise
-    and the augmentation draws are identical and only the model changes between pictures. The visualised module
-    is the LightningModule itself: its ``forward`` must map model-space images ``(N, 3, H, W)`` to logits.
+    Renders once before training and after every ``every_n_epochs``-th training epoch ``e`` (counted from 1), with
+    the same seed every time, so only the model changes between pictures. Images and scalars are logged at
+    ``trainer.global_step`` (0 before training, the global step at the end of epoch ``e`` after it), the x axis of
+    Lightning's own charts, with the scalar ``epoch`` (``e``) beside them; PNG folders are named ``epoch_<e>``.
+    The visualised module is the LightningModule itself: its ``forward`` maps model-space images to logits.
 
     Logged (``<prefix>`` is ``featvis`` by default; ``<tag>`` is a class name, or ``<layer>.ch<c>`` /
     ``<layer>.neuron<c>``): TensorBoard images ``<prefix>/<tag>``, ``<prefix>/all`` and, at the end of fit,
-    ``<prefix>/timeline``; scalars ``<prefix>/target_prob``, ``<prefix>/objective``, ``<prefix>/render_seconds``,
-    with ``metrics`` also ``robustness``, ``spectral_gap`` and ``diversity``, with ``reference_model``
-    ``transfer_acc``; PNG files under ``<log_dir>/<prefix>/epoch_<NNN>/<tag>/<i>.png`` and ``timeline.png``.
+    ``<prefix>/timeline`` (tags and epoch numbers in its margins); scalars ``<prefix>/target_prob``,
+    ``<prefix>/objective``, ``<prefix>/render_seconds``, with ``metrics`` also ``robustness``, ``spectral_gap`` and
+    ``diversity``, with ``reference_model`` ``transfer_acc``; PNG files under
+    ``<log_dir>/<prefix>/epoch_<NNN>/<tag>/<i>.png`` (each epoch's folder written as a whole, with a manifest) and
+    ``timeline.png``. A resumed run first deletes the epoch folders featvis wrote that its checkpoint does not
+    cover (a killed run's last render), so the PNGs match the checkpoint and the logs.
 
     The colour space comes from ``normalization_mean``/``normalization_std``, else the datamodule's or the
     LightningModule's ``colour``, else plain RGB in [0, 1]; the image size from ``config.image_size``, the
@@ -123,6 +129,7 @@ class FeatureVisCallback(Callback):
         self._reference: nn.Module | None = None
         self._spectrum: Tensor | None = None
         self._timeline = Timeline(self._warn)  # saved in checkpoints, so a resumed run continues it
+        self._resumed = False  # set by load_state_dict: prune the PNG folders the checkpoint does not cover
 
     # ------------------------------------------------------------------ Lightning plumbing
 
@@ -151,6 +158,7 @@ class FeatureVisCallback(Callback):
         # The saved seed wins, so the resumed run draws the same noise and augmentations as before.
         self.config = self.config.replace(seed=int(state_dict["seed"]))
         self._timeline.load_state_dict(state_dict)
+        self._resumed = True
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -167,6 +175,10 @@ class FeatureVisCallback(Callback):
             self._reference = self.reference_model
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._resumed and not self._skip(trainer):  # before any render: a killed run's last PNGs go
+            self._resumed, log_dir = False, _log_dir(trainer)  # collective under DDP: every rank calls it
+            if trainer.is_global_zero:
+                self._outputs.prune(log_dir, self._timeline.epochs)
         epoch = trainer.current_epoch
         if self._skip(trainer) or (epoch == 0 and not self.render_before_training):
             return
@@ -193,10 +205,7 @@ class FeatureVisCallback(Callback):
             return
         log_dir = _log_dir(trainer)  # collective under DDP: every rank calls it
         if trainer.is_global_zero:
-            timeline = self._timeline
-            self._outputs.log_timeline(
-                trainer.loggers, log_dir, timeline.epochs, torch.stack(timeline.thumbs)
-            )
+            self._outputs.log_timeline(trainer.loggers, log_dir, trainer.global_step, self._timeline)
 
     def _skip(self, trainer: pl.Trainer) -> bool:
         fast_dev_run = getattr(trainer, "fast_dev_run", False)  # set by Trainer.__init__, not declared
@@ -265,10 +274,9 @@ class FeatureVisCallback(Callback):
             log_dir = _log_dir(trainer)  # collective under DDP: every rank calls it
             self._timeline.add(epoch, result["rgb"], result["names"])
             if trainer.is_global_zero:
+                rgb, tags, step = result["rgb"], result["names"], trainer.global_step
                 scalars = self._scalars(result, trainer, pl_module)
-                self._outputs.log_render(
-                    trainer.loggers, log_dir, epoch, result["rgb"], result["names"], scalars
-                )
+                self._outputs.log_render(trainer.loggers, log_dir, epoch, step, rgb, tags, scalars)
 
     def _scalars(self, result: dict[str, Any], trainer: pl.Trainer, pl_module: nn.Module) -> dict[str, float]:
         """The render's scalars (rank 0 only: no collectives in here)."""

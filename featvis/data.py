@@ -7,111 +7,18 @@ there, in ``on_after_batch_transfer``, instead of per sample in DataLoader worke
 
 from __future__ import annotations
 
-import pickle
-import tarfile
-import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from featvis import cifar
+from featvis.cifar import CIFAR10_FOLDER, IMAGE_SIZE, NUM_CLASSES, read_class_names, read_split
 from featvis.colour import ColourTransform
-
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
-CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
-CIFAR10_FOLDER = "cifar-10-batches-py"
-TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
-TEST_BATCH = "test_batch"
-META_FILE = "batches.meta"
-NUM_CLASSES = 10
-IMAGE_SIZE = 32
-
-
-class CIFARFormatError(ValueError):
-    """A CIFAR-10 batch file is truncated, corrupt or not in the official python-batch format."""
-
-
-def _unpickle(path: Path) -> dict:
-    try:
-        with open(path, "rb") as handle:
-            content = pickle.load(handle, encoding="latin1")
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"CIFAR-10 batch file {path} is missing. Re-download the dataset (delete the folder "
-            f"{path.parent} and run with download=True) or point data_dir at a complete copy."
-        ) from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, zlib.error) as err:
-        raise CIFARFormatError(
-            f"CIFAR-10 batch file {path} is truncated or corrupt ({type(err).__name__}: {err}). "
-            f"Replace it with an intact copy, or delete {path.parent} and download again."
-        ) from err
-    if not isinstance(content, dict):
-        raise CIFARFormatError(
-            f"CIFAR-10 batch file {path} holds a {type(content).__name__}, expected a dict."
-        )
-    return content
-
-
-def read_batch(path: str | Path) -> tuple[Tensor, Tensor]:
-    """Read one official CIFAR-10 python batch.
-
-    Args:
-        path: a batch file such as ``data_batch_1`` or ``test_batch``.
-
-    Returns:
-        Images as a ``(N, 3, 32, 32)`` uint8 tensor and labels as a ``(N,)`` int64 tensor.
-
-    Raises:
-        CIFARFormatError: the file cannot be unpickled, lacks ``data``/``labels``, or has wrong shapes.
-        ValueError: a label lies outside 0..9 (CIFARFormatError is a ValueError).
-    """
-    import numpy as np
-
-    path = Path(path)
-    content = _unpickle(path)
-    if "data" not in content or "labels" not in content:
-        raise CIFARFormatError(f"{path} lacks the 'data' and 'labels' entries of a CIFAR-10 batch.")
-    data = np.asarray(content["data"])
-    labels = np.asarray(content["labels"])
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * IMAGE_SIZE * IMAGE_SIZE:
-        raise CIFARFormatError(
-            f"{path}: 'data' must be an (N, 3072) uint8 array (R, G, B planes of 32x32 images), "
-            f"got {data.dtype} with shape {data.shape}."
-        )
-    if labels.ndim != 1 or labels.shape[0] != data.shape[0]:
-        raise CIFARFormatError(f"{path}: {data.shape[0]} images but labels of shape {labels.shape}.")
-    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        bad = labels[(labels < 0) | (labels >= NUM_CLASSES)][0]
-        raise CIFARFormatError(f"{path}: label {int(bad)} is outside 0..{NUM_CLASSES - 1}.")
-    images = torch.from_numpy(data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE).copy())
-    return images, torch.from_numpy(labels.astype(np.int64))
-
-
-def read_split(folder: str | Path, train: bool) -> tuple[Tensor, Tensor]:
-    """Read the training (5 batches) or test split of a ``cifar-10-batches-py`` folder into single tensors.
-
-    Args:
-        folder: the ``cifar-10-batches-py`` folder.
-        train: the training split if True, else the test split.
-    """
-    names = TRAIN_BATCHES if train else (TEST_BATCH,)
-    parts = [read_batch(Path(folder) / name) for name in names]
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-
-
-def read_class_names(folder: str | Path) -> list[str]:
-    """Class names from ``batches.meta``, in label order."""
-    path = Path(folder) / META_FILE
-    meta = _unpickle(path)
-    names = meta.get("label_names")
-    if not isinstance(names, list) or len(names) != NUM_CLASSES:
-        raise CIFARFormatError(f"{path}: 'label_names' must list {NUM_CLASSES} class names, got {names!r}.")
-    return [str(n) for n in names]
 
 
 def random_crop_flip(
@@ -123,14 +30,16 @@ def random_crop_flip(
         images: ``(N, C, H, W)`` float images.
         padding: pixels of reflect padding before cropping back to ``H x W``; 0 disables the crop.
         flip: True flips a random half of the images horizontally; a boolean ``(N,)`` tensor says which.
-        generator: random source on the images' device; None uses the global one.
+        generator: random source; the draws are made on its device (e.g. a CPU generator for CUDA images, so
+            the draws do not depend on the device) and moved to the images'. None uses the global one.
     """
     n, _, height, width = images.shape
     device = images.device
+    drawn_on = generator.device if generator is not None else device
     if padding > 0:
         padded = torch.nn.functional.pad(images, (padding,) * 4, mode="reflect")
-        dy = torch.randint(0, 2 * padding + 1, (n, 1, 1), device=device, generator=generator)
-        dx = torch.randint(0, 2 * padding + 1, (n, 1, 1), device=device, generator=generator)
+        dy = torch.randint(0, 2 * padding + 1, (n, 1, 1), device=drawn_on, generator=generator).to(device)
+        dx = torch.randint(0, 2 * padding + 1, (n, 1, 1), device=drawn_on, generator=generator).to(device)
         rows = torch.arange(height, device=device).view(1, height, 1) + dy
         cols = torch.arange(width, device=device).view(1, 1, width) + dx
         batch_index = torch.arange(n, device=device).view(n, 1, 1)
@@ -143,7 +52,7 @@ def random_crop_flip(
             )
         flipped = flip.to(device)
     elif flip:
-        flipped = torch.rand(n, device=device, generator=generator) < 0.5
+        flipped = (torch.rand(n, device=drawn_on, generator=generator) < 0.5).to(device)
     else:
         flipped = None
     if flipped is not None:
@@ -179,17 +88,27 @@ class _BatchIndices(Sampler[list[int]]):
             seed,
         )
         self.epoch = 0
+        # Batches of `epoch` trained before a mid-epoch checkpoint: the next pass starts after them.
+        self.skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Shuffle for ``epoch`` next; Lightning calls this at the start of every epoch (a resumed run too)."""
+        if epoch != self.epoch:
+            self.skip = 0
+        self.epoch = epoch
 
     def __iter__(self) -> Iterator[list[int]]:
+        skip, self.skip = self.skip, 0
         if self.shuffle:
             # A private generator seeded per epoch: the order is reproducible and independent of global RNG use.
+            # The order of epoch e depends on e alone (set_epoch), so a resumed run continues the same sequence.
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(self.size, generator=generator)
             self.epoch += 1
         else:
             order = torch.arange(self.size)
         stop = self.size - self.size % self.batch_size if self.drop_last else self.size
-        for start in range(0, stop, self.batch_size):
+        for start in range(skip * self.batch_size, stop, self.batch_size):
             yield order[start : start + self.batch_size].tolist()
 
     def __len__(self) -> int:
@@ -211,7 +130,7 @@ class CIFARDataModule(L.LightningDataModule):
         flip: horizontal flips during training: ``"random"`` (each image with probability 1/2 every epoch),
             ``"alternating"`` (a random half in even epochs, the other half in odd epochs, so every image is seen
             both ways in any two consecutive epochs), or ``"none"``.
-        seed: seed of the shuffling order and of the held-out split.
+        seed: seed of the shuffling order, of the crop and flip draws and of the held-out split.
         num_workers: DataLoader worker processes; batches are slices of in-memory tensors, so 0 is usually fastest.
     """
 
@@ -245,6 +164,10 @@ class CIFARDataModule(L.LightningDataModule):
         self.classes: list[str] = []
         self.colour: ColourTransform | None = None
         self._splits: dict[str, tuple[Tensor, Tensor]] = {}
+        # Crop offsets and random flips: a private CPU generator (so augmentation is independent of global RNG
+        # use and of the device), saved in checkpoints by state_dict() so a resumed run continues its sequence.
+        self._augment_generator = torch.Generator().manual_seed(seed + 2)
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches trained) of a restored checkpoint
 
     @property
     def folder(self) -> Path:
@@ -267,10 +190,10 @@ class CIFARDataModule(L.LightningDataModule):
         if not self.hparams["download"]:
             raise FileNotFoundError(
                 f"CIFAR-10 folder {self.folder} not found. Either set download=True "
-                f"(--data.download true) to fetch it from {CIFAR10_URL}, or set data_dir "
+                f"(--data.download true) to fetch it from {cifar.CIFAR10_URL}, or set data_dir "
                 f"(--data.data_dir) to the folder that contains {CIFAR10_FOLDER}."
             )
-        download_cifar10(self.data_dir)
+        cifar.download_cifar10(self.data_dir)
 
     def setup(self, stage: str | None = None) -> None:
         """Load each split once into uint8 tensors and fit the colour transform on the training pixels."""
@@ -322,6 +245,12 @@ class CIFARDataModule(L.LightningDataModule):
         sampler = _BatchIndices(
             len(labels), batch_size, shuffle, drop_last=shuffle, seed=self.hparams["seed"]
         )
+        if shuffle and self._resume_at is not None:
+            # Resuming: continue the epoch's order after the batches trained before the checkpoint (a checkpoint
+            # after an epoch's last batch continues with the next epoch).
+            epoch, done = self._resume_at
+            self._resume_at = None
+            sampler.epoch, sampler.skip = (epoch, done) if done < len(sampler) else (epoch + 1, 0)
         return DataLoader(
             _TensorBatches(images, labels, with_indices=shuffle),
             sampler=sampler,
@@ -372,46 +301,31 @@ class CIFARDataModule(L.LightningDataModule):
         if trainer is not None and trainer.training:
             indices = batch[2] if len(batch) > 2 else torch.arange(labels.shape[0], device=labels.device)
             flip = self.flip_mask(indices, getattr(trainer, "current_epoch", 0))
-            images = random_crop_flip(images, self.hparams["crop_padding"], flip)
+            images = random_crop_flip(images, self.hparams["crop_padding"], flip, self._augment_generator)
         images = self.to_model_space(images).contiguous(memory_format=torch.channels_last)
         return images, labels
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint needs to resume the training data bit for bit.
 
-def download_cifar10(data_dir: str | Path, url: str | None = None, md5: str | None = None) -> Path:
-    """Download the official CIFAR-10 python archive, verify its md5 and extract it into ``data_dir``.
+        The crop/flip generator's state and, during ``fit``, the epoch and how many of its batches were trained,
+        so that a mid-epoch checkpoint (``ModelCheckpoint(every_n_train_steps=...)``) resumes with the epoch's
+        next batch. The shuffling order of epoch e is seeded by ``seed + e`` and the alternating-flip phase
+        follows the trainer's epoch, so neither needs saving.
+        """
+        state: dict[str, Any] = {"augment_generator": self._augment_generator.get_state()}
+        trainer = self.trainer
+        if trainer is not None and trainer.state.fn == "fit":
+            # Batches whose optimiser step is done (`completed` lags by one in on_train_batch_end, where
+            # ModelCheckpoint(every_n_train_steps) saves); typed as the tracker without `processed`.
+            progress = trainer.fit_loop.epoch_loop.batch_progress.current
+            state["epoch"] = trainer.current_epoch
+            state["batches_trained"] = progress.processed  # type: ignore[attr-defined]
+        return state
 
-    Args:
-        data_dir: destination folder; the archive and ``cifar-10-batches-py`` are written there.
-        url: archive address (default: the official one).
-        md5: expected md5 of the archive (default: the official one).
-
-    Returns:
-        The extracted ``cifar-10-batches-py`` folder.
-    """
-    from torchvision.datasets.utils import check_integrity, download_url
-
-    data_dir = Path(data_dir)
-    url = url or CIFAR10_URL
-    md5 = md5 or CIFAR10_MD5
-    data_dir.mkdir(parents=True, exist_ok=True)
-    archive = data_dir / CIFAR10_ARCHIVE
-    if not check_integrity(str(archive), md5):
-        try:
-            download_url(url, str(data_dir), filename=CIFAR10_ARCHIVE, md5=md5)
-        except RuntimeError as err:
-            if isinstance(err, RecursionError):  # too many redirects
-                raise
-            # torchvision's own message ("File not found or corrupted.") names neither the file nor the md5.
-            raise CIFARFormatError(
-                f"archive {archive} downloaded from {url} does not match md5 {md5}; delete it and try again."
-            ) from err
-    if not check_integrity(str(archive), md5):
-        raise CIFARFormatError(
-            f"downloaded archive {archive} does not match md5 {md5}; delete it and try again."
-        )
-    with tarfile.open(archive, "r:gz") as tar:
-        members = [m for m in tar.getmembers() if m.name.startswith(CIFAR10_FOLDER + "/") and m.isfile()]
-        if not members:
-            raise CIFARFormatError(f"archive {archive} holds no {CIFAR10_FOLDER}/ folder.")
-        tar.extractall(data_dir, members=members, filter="data")
-    return data_dir / CIFAR10_FOLDER
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (checkpoints from before it existed hold nothing and are accepted)."""
+        if "augment_generator" in state_dict:
+            self._augment_generator.set_state(state_dict["augment_generator"])
+        if "epoch" in state_dict:
+            self._resume_at = (int(state_dict["epoch"]), int(state_dict["batches_trained"]))

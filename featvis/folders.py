@@ -113,7 +113,7 @@ def write_folder(
 
     check_destination(out, overwrite, protect)
     target = Path(os.path.abspath(out))
-    _remove_stale_siblings(target)
+    remove_stale_siblings(target)
     created: list[Path] = []
     staging: Path | None = None
     placed = False
@@ -254,11 +254,11 @@ def _swap_into_place(
     except BaseException:
         aside.rename(target)  # put the previous folder back
         raise
-    _remove_owned(aside)
+    remove_owned(aside)
     return True
 
 
-def _remove_owned(folder: Path) -> None:
+def remove_owned(folder: Path) -> None:
     """Delete the entries of a featvis folder that its manifest lists, then the folder if nothing else is left."""
     listed = read_manifest(folder)
     if listed is None:
@@ -285,7 +285,7 @@ def _remove_owned(folder: Path) -> None:
         warnings.warn(f"kept {folder}: it holds entries that featvis did not write.", stacklevel=3)
 
 
-def _remove_stale_siblings(target: Path) -> None:
+def remove_stale_siblings(target: Path) -> None:
     """Remove staging and moved-aside folders of ``target`` left by runs that were killed."""
     parent = target.parent
     if not parent.is_dir():
@@ -300,7 +300,7 @@ def _remove_stale_siblings(target: Path) -> None:
             if kind == _PARTIAL:
                 shutil.rmtree(sibling, ignore_errors=True)
             else:
-                _remove_owned(sibling)
+                remove_owned(sibling)
 
 
 def _owner_is_running(suffix: str) -> bool:

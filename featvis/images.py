@@ -5,13 +5,17 @@ Pure PyTorch plus Pillow, no Lightning import.
 
 from __future__ import annotations
 
+import math
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
+
+_LABEL_GAP = 4  # pixels between a label and the tiles, and around the margins
 
 
 def to_uint8(rgb: Tensor) -> Tensor:
@@ -75,6 +79,72 @@ def grid(images: Tensor, scale: int = 1, padding: int = 2, fill: float = 1.0) ->
             top = padding + r * (height + padding)
             left = padding + c * (width + padding)
             out[:, top : top + height, left : left + width] = tiles[r, c]
+    return out
+
+
+def labelled_grid(
+    images: Tensor,
+    row_labels: Sequence[str],
+    column_labels: Sequence[str],
+    scale: int = 1,
+    padding: int = 2,
+    fill: float = 1.0,
+    corner: str = "",
+) -> Tensor:
+    """:func:`grid` with a label per row in a left margin and a label per column in a top margin.
+
+    The labels are drawn with Pillow's default font, in black on a light ``fill`` (white on a dark one); the tile
+    area is :func:`grid`'s picture, pixel for pixel, in the bottom-right corner.
+
+    Args:
+        images: the tiles, ``(rows, cols, 3, H, W)`` RGB in [0, 1].
+        row_labels: one label per row, right-aligned beside it (e.g. class names).
+        column_labels: one label per column, centred above it (e.g. epoch numbers).
+        scale: nearest-neighbour upsampling factor of every tile.
+        padding: pixels between tiles and around the border (after upsampling).
+        fill: value of the padding and the margins.
+        corner: a caption for the column labels, at the top left (e.g. ``"epoch"``).
+
+    Returns:
+        ``(3, top + H', left + W')`` where ``(3, H', W')`` is the bare grid.
+    """
+    bare = grid(images, scale=scale, padding=padding, fill=fill)
+    rows, cols, _, height, width = images.shape
+    if len(row_labels) != rows or len(column_labels) != cols:
+        raise ValueError(
+            f"expected {rows} row labels and {cols} column labels, got {len(row_labels)} and {len(column_labels)}."
+        )
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("L", (1, 1)))
+    # Label boxes (left, top, right, bottom) in whole pixels; one line box, so every label shares a baseline.
+    boxes = {
+        label: [math.floor(box[0]), math.floor(box[1]), math.ceil(box[2]), math.ceil(box[3])]
+        for label in [*row_labels, *column_labels, corner, "Ag0"]
+        for box in [measure.textbbox((0, 0), label, font=font)]
+    }
+    line_top, line_height = boxes["Ag0"][1], boxes["Ag0"][3] - boxes["Ag0"][1]
+    left = max(box[2] - box[0] for box in boxes.values()) + 2 * _LABEL_GAP
+    top = line_height + 2 * _LABEL_GAP
+    mask = Image.new("L", (left + bare.shape[2], top + bare.shape[1]), 0)
+    draw = ImageDraw.Draw(mask)
+
+    def text(label: str, x: float, y: float) -> None:  # (x, y): top left of the label's box
+        draw.text((round(x) - boxes[label][0], round(y) - line_top), label, fill=255, font=font)
+
+    tile_height, tile_width = height * scale, width * scale
+    for row, label in enumerate(row_labels):
+        middle = top + padding + row * (tile_height + padding) + tile_height / 2
+        text(label, left - _LABEL_GAP - (boxes[label][2] - boxes[label][0]), middle - line_height / 2)
+    for col, label in enumerate(column_labels):
+        middle = left + padding + col * (tile_width + padding) + tile_width / 2
+        text(label, middle - (boxes[label][2] - boxes[label][0]) / 2, _LABEL_GAP)
+    text(corner, _LABEL_GAP, _LABEL_GAP)
+    alpha = (
+        torch.frombuffer(bytearray(mask.tobytes()), dtype=torch.uint8).view(1, mask.height, mask.width) / 255
+    )
+    ink = 0.0 if fill >= 0.5 else 1.0
+    out = (fill * (1 - alpha) + ink * alpha).expand(3, -1, -1).clone()
+    out[:, top:, left:] = bare
     return out
 
 

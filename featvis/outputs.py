@@ -3,11 +3,16 @@
 One place decides how a render is shown, so the callback only says *what* to log and *when*. Every logger gets
 the scalars (``log_metrics``); loggers that can show images get the pictures; PNG files go under
 ``<log_dir>/<prefix>/`` for everyone, which is all a run without an image-capable logger gets.
+
+Each epoch's PNG folder is written as a whole (:func:`featvis.folders.write_folder`: built in a hidden staging
+folder, with a manifest, then renamed into place), so a run killed while writing leaves no folder that looks
+complete, and :meth:`RenderOutputs.prune` can tell the folders featvis wrote from anything else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +23,10 @@ from torch import Tensor
 
 from featvis import images as img
 from featvis.engine.checks import check_bool, check_int
+from featvis.folders import FolderError, remove_owned, remove_stale_siblings, write_folder
+
+# An epoch's PNG folder, or a staging / moved-aside folder that write_folder made for it.
+_EPOCH_ENTRY = re.compile(r"\.?(epoch_(\d+))(\.(partial|old)-.+)?")
 
 
 class WarnOnce:
@@ -69,6 +78,7 @@ class RenderOutputs:
         self,
         loggers: Sequence[Logger],
         log_dir: Path,
+        epoch: int,
         step: int,
         rgb: Tensor,
         tags: Sequence[str],
@@ -79,13 +89,15 @@ class RenderOutputs:
         Args:
             loggers: the trainer's loggers.
             log_dir: the run's folder, for the PNG files.
-            step: the step the pictures and scalars are logged at (the epoch).
+            epoch: the epoch the render belongs to (training epochs done), which names its PNG folder and is
+                logged as the scalar ``epoch`` beside ``scalars``, as Lightning does.
+            step: the step the pictures and scalars are logged at (the trainer's global step).
             rgb: ``(T, K, 3, H, W)`` images in [0, 1].
             tags: one tag per target.
             scalars: values to log, keyed by their full tag.
         """
         if self.save_png:
-            img.write_image_folder(rgb, list(tags), log_dir / self.prefix / f"epoch_{step:03d}")
+            self._write_pngs(log_dir / self.prefix / f"epoch_{epoch:03d}", rgb, tags)
         scale = self.scale(rgb.shape[-1])
         for writer in self._writers(loggers):
             for target, tag in enumerate(tags):
@@ -96,27 +108,65 @@ class RenderOutputs:
             )
             writer.flush()
         for logger in loggers:
-            logger.log_metrics(scalars, step=step)
+            logger.log_metrics({**scalars, "epoch": epoch}, step=step)
 
-    def log_timeline(
-        self, loggers: Sequence[Logger], log_dir: Path, epochs: Sequence[int], thumbs: Tensor
-    ) -> None:
-        """Log the timeline: one row per target, one column per rendered epoch in ascending order.
+    def log_timeline(self, loggers: Sequence[Logger], log_dir: Path, step: int, timeline: Timeline) -> None:
+        """Log the timeline: one row per target, one column per rendered epoch in ascending order, labelled.
+
+        Target tags stand in a left margin, epoch numbers in a top margin. With ``save_png`` it also says where the
+        PNG files went (an INFO line of Lightning's logger, shown on the console).
 
         Args:
             loggers: the trainer's loggers.
             log_dir: the run's folder, for ``timeline.png``.
-            epochs: the rendered epochs, in the order of ``thumbs``.
-            thumbs: ``(E, T, 3, H, W)`` uint8, the first image of each target at each rendered epoch.
+            step: the step the picture is logged at (the trainer's global step at the end of fit).
+            timeline: the rendered epochs and their pictures.
         """
-        order = sorted(range(len(epochs)), key=lambda i: epochs[i])
-        tiles = thumbs[order].transpose(0, 1).float() / 255  # (T, E, 3, H, W)
-        picture = img.grid(tiles, scale=self.scale(tiles.shape[-1]), padding=2)
+        epochs, tags, tiles = timeline.columns()
+        labels = [str(epoch) for epoch in epochs]
+        picture = img.labelled_grid(
+            tiles, tags, labels, self.scale(tiles.shape[-1]), padding=2, corner="epoch"
+        )
         if self.save_png:
-            img.save_png(picture, log_dir / self.prefix / "timeline.png")
+            path = log_dir / self.prefix / "timeline.png"
+            img.save_png(picture, path)
+            rank_zero_info(f"featvis: PNGs under {path.parent}/epoch_*/, timeline {path}")
         for writer in self._writers(loggers):
-            writer.add_image(f"{self.prefix}/timeline", picture, global_step=max(epochs), dataformats="CHW")
+            writer.add_image(f"{self.prefix}/timeline", picture, global_step=step, dataformats="CHW")
             writer.flush()
+
+    def prune(self, log_dir: Path, keep: Collection[int]) -> None:
+        """Delete the epoch folders that featvis wrote for epochs not in ``keep``, and unfinished writes.
+
+        Called when a run resumes from a checkpoint: a run killed after writing an epoch's PNGs but before saving
+        its checkpoint (or one resumed from an earlier checkpoint) left renders that the checkpoint does not
+        cover and the resumed run supersedes. Only what a folder's manifest lists is deleted; a folder without a
+        manifest, or with entries featvis did not write, is kept (with a warning).
+
+        Args:
+            log_dir: the run's folder.
+            keep: the epochs whose renders the checkpoint covers.
+        """
+        root = log_dir / self.prefix
+        if not root.is_dir():
+            return
+        matches = [_EPOCH_ENTRY.fullmatch(entry.name) for entry in root.iterdir()]
+        for name, epoch in sorted({(m.group(1), int(m.group(2))) for m in matches if m}):
+            folder = root / name
+            remove_stale_siblings(folder)  # staging folders of killed writes (never renamed into place)
+            if epoch not in keep and folder.is_dir() and not folder.is_symlink():
+                remove_owned(folder)
+
+    def _write_pngs(self, folder: Path, rgb: Tensor, tags: Sequence[str]) -> None:
+        """Write one render's PNG folder as a whole (replacing an earlier one of featvis's), or warn why not."""
+
+        def write(staging: Path) -> None:
+            img.write_image_folder(rgb, list(tags), staging)
+
+        try:
+            write_folder(folder, write, overwrite=True)
+        except FolderError as err:  # e.g. a folder of that name that featvis did not write
+            self.warn("png", f"FeatureVisCallback: PNGs not written: {err}")
 
     def _writers(self, loggers: Sequence[Logger]) -> list[Any]:
         writers = [logger.experiment for logger in loggers if isinstance(logger, TensorBoardLogger)]
@@ -144,6 +194,7 @@ class Timeline:
         self.warn = warn
         self.epochs: list[int] = []
         self.thumbs: list[Tensor] = []  # per rendered epoch: (T, 3, H, W) uint8
+        self.tags: list[str] = []  # one per target: the rows
         self._saved_tags: list[str] | None = None
 
     def add(self, epoch: int, rgb: Tensor, tags: Sequence[str]) -> None:
@@ -157,6 +208,14 @@ class Timeline:
             self._saved_tags = None
         self.epochs.append(epoch)
         self.thumbs.append(thumbs)
+        self.tags = list(tags)
+
+    def columns(self) -> tuple[list[int], list[str], Tensor]:
+        """The rendered epochs in ascending order, the row tags and the pictures, ``(T, E, 3, H, W)`` in [0, 1]."""
+        order = sorted(range(len(self.epochs)), key=self.epochs.__getitem__)
+        tiles = torch.stack([self.thumbs[i] for i in order], dim=1).float() / 255
+        tags = self.tags if len(self.tags) == len(tiles) else [str(i) for i in range(len(tiles))]
+        return [self.epochs[i] for i in order], tags, tiles
 
     def state_dict(self, tags: Sequence[str] | None) -> dict[str, Any]:
         """The timeline as checkpoint state, with the tags of the targets it shows."""
@@ -173,6 +232,7 @@ class Timeline:
         thumbs = state.get("thumbs")
         self.thumbs = list(thumbs.unbind(0)) if thumbs is not None else []
         self._saved_tags = state.get("names")
+        self.tags = list(self._saved_tags or [])
 
 
 __all__ = ["RenderOutputs", "Timeline", "WarnOnce"]

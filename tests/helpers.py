@@ -158,3 +158,15 @@ def write_cifar_folder(root: Path, per_batch: int = 20, seed: int = 0) -> Path:
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({"label_names": names, "num_cases_per_batch": per_batch, "num_vis": 3072}, f)
     return folder
+
+
+def smooth_images(count: int, seed: int) -> torch.Tensor:
+    """Low-frequency images: random 4x4 colour fields upsampled bilinearly to 32x32."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(count, 3, 4, 4, generator=generator)
+    return nn.functional.interpolate(coarse, size=32, mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+def noise_images(count: int, seed: int) -> torch.Tensor:
+    """Uniform noise in [0, 1], 32x32."""
+    return torch.rand(count, 3, 32, 32, generator=torch.Generator().manual_seed(seed))

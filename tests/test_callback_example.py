@@ -37,9 +37,8 @@ def test_resnet18_example_logs_64px_images(tmp_path):
         assert [e.step for e in events] == [0, 1]
         assert {(e.width, e.height) for e in events} == {(2 * 64 * scale + 3 * pad, 64 * scale + 2 * pad)}
     assert [(e.width, e.height) for e in acc.Images("featvis/all")] == [(2 * 128 + 6, 2 * 128 + 6)] * 2
-    assert [(e.step, e.width, e.height) for e in acc.Images("featvis/timeline")] == [
-        (1, 2 * 128 + 6, 2 * 128 + 6)
-    ]
+    (timeline,) = acc.Images("featvis/timeline")  # targets x epochs, plus margins for the labels
+    assert timeline.step == 1 and timeline.width > 2 * 128 + 6 and timeline.height > 2 * 128 + 6
     # PNGs at the native 64 px, in RGB.
     image = img.load_png(log_dir / "featvis" / "epoch_001" / names[0] / "1.png")
     assert image.shape == (3, 64, 64) and float(image.std()) > 0

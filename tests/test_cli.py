@@ -12,7 +12,8 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from featvis.cli import main
+from featvis import CIFARDataModule, FeatureVisCallback, RenderConfig
+from featvis.cli import FeatvisCLI, main
 from featvis.model import ClassifierModule, load_classifier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,10 +130,212 @@ def test_fit_help_lists_model_and_data_arguments_with_docstrings(capsys: pytest.
     assert "SGD momentum (Nesterov)" in text
 
 
-def test_missing_data_without_download_fails_with_the_fixes(tmp_path: Path) -> None:
+def _fails_with(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run ``main(args)``, expect exit status 2 and return the one line it printed last on stderr."""
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def test_missing_data_without_download_fails_with_the_fixes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     missing = tmp_path / "nowhere"
-    with pytest.raises(FileNotFoundError, match="--data.data_dir"):
-        main(["fit", *_common(missing, tmp_path / "logs"), "--trainer.max_epochs", "1"])
+    line = _fails_with(["fit", *_common(missing, tmp_path / "logs"), "--trainer.max_epochs", "1"], capsys)
+    assert line.startswith(
+        f"featvis fit: error: CIFAR-10 folder {missing / 'cifar-10-batches-py'} not found."
+    )
+    assert "--data.data_dir" in line and "--data.download true" in line
+
+
+def test_corrupt_batch_file_is_one_line(
+    cifar_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    batch = cifar_dir / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:100])
+    line = _fails_with(["fit", *_common(cifar_dir, tmp_path / "logs"), "--trainer.max_epochs", "1"], capsys)
+    assert line.startswith(f"featvis fit: error: CIFAR-10 batch file {batch} is truncated or corrupt (")
+    assert line.endswith(f"Replace it with an intact copy, or delete {batch.parent} and download again.")
+
+
+@pytest.mark.parametrize(
+    ("args", "config", "message"),
+    [
+        (["--data.batch_size", "-5"], None, "data.batch_size must be an integer >= 1, got -5."),
+        (["--featvis.config.steps", "-4"], None, "featvis.config.steps must be an integer >= 0, got -4."),
+        ([], {"featvis": {"config": {"steps": -4}}}, "featvis.config.steps must be an integer >= 0, got -4."),
+        (["--featvis.every_n_epochs", "0"], None, "featvis.every_n_epochs must be an integer >= 1, got 0."),
+        (["--model.lr", "-1"], None, "model.lr must be positive, got -1.0."),
+        (
+            [],
+            {
+                "trainer": {
+                    "callbacks": [
+                        {
+                            "class_path": "featvis.FeatureVisCallback",
+                            "init_args": {"prefix": "extra", "config": {"steps": -4}},
+                        }
+                    ]
+                }
+            },
+            "trainer.callbacks[FeatureVisCallback].config.steps must be an integer >= 0, got -4.",
+        ),
+        (
+            [],
+            {"trainer": {"callbacks": [{"class_path": "featvis.FeatureVisCallback"}]}},
+            "trainer.callbacks lists a FeatureVisCallback with prefix 'featvis', which featvis already adds from its "
+            "featvis: section; move that entry's init_args to featvis: in the config (--featvis.<arg> on the command "
+            "line), or give it another prefix.",
+        ),
+        (["--featvis.targets", "[kat]"], None, "unknown class 'kat'; valid names: "),
+    ],
+    ids=[
+        "data",
+        "render-flag",
+        "render-config",
+        "callback",
+        "model",
+        "listed-callback",
+        "duplicate",
+        "class",
+    ],
+)
+def test_bad_values_print_one_line_and_exit_2_before_training(
+    args: list[str],
+    config: dict | None,
+    message: str,
+    cifar_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if config is not None:
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+        args = [*args, "--config", str(tmp_path / "bad.yaml")]
+    log_dir = tmp_path / "logs"
+    line = _fails_with(["fit", *_common(cifar_dir, log_dir), "--trainer.max_epochs", "1", *args], capsys)
+    assert line.startswith(f"featvis fit: error: {message}")
+    # Nothing trained: no checkpoint and no rendered epoch.
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("epoch_*"))
+
+
+def test_failed_download_is_one_line_naming_the_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = "http://127.0.0.1:9/cifar-10-python.tar.gz"  # a closed local port: no network needed
+    monkeypatch.setattr("featvis.cifar.CIFAR10_URL", url)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = [*_common(empty, tmp_path / "logs"), "--data.download", "true", "--trainer.max_epochs", "1"]
+    line = _fails_with(["fit", *args], capsys)
+    assert line.startswith(f"featvis fit: error: CIFAR-10 download from {url} failed (")
+    assert "--data.data_dir" in line and "--data.download false" in line
+    assert list(empty.iterdir()) == []  # no partial archive
+
+
+def _tiny(data_dir: Path, log_dir: Path) -> list[str]:
+    """The default config on the tiny synthetic folder, cut down to seconds: a small net, 2 batches, 2 steps."""
+    return [
+        *_common(data_dir, log_dir),
+        "--model.widths",
+        "[8, 8, 8]",
+        "--trainer.precision",
+        "32-true",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.limit_val_batches",
+        "1",
+        "--featvis.config.steps",
+        "2",
+        "--featvis.config.images_per_target",
+        "1",
+    ]
+
+
+def _epochs(version_dir: Path) -> list[str]:
+    return sorted(p.name for p in (version_dir / "featvis").glob("epoch_*"))
+
+
+def test_no_logger_writes_pngs_only(cifar_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    args = [*_tiny(cifar_dir, tmp_path / "logs"), "--trainer.max_epochs", "1"]
+    cli = main(["fit", *args, "--trainer.logger", "false", "--trainer.default_root_dir", str(root)])
+    assert cli is not None and not cli.trainer.loggers
+    # The default config's LearningRateMonitor (which needs a logger) was dropped, the callback kept.
+    assert [type(c).__name__ for c in cli.trainer.callbacks if "Monitor" in type(c).__name__] == []
+    assert _epochs(root) == ["epoch_000", "epoch_001"]
+    assert len(list((root / "featvis" / "epoch_001").rglob("*.png"))) == 10
+    assert (root / "featvis" / "timeline.png").is_file()
+    assert not (tmp_path / "logs").exists() and not list(root.rglob("events.out.tfevents.*"))
+
+
+def test_featvis_arguments_reach_the_callback(tmp_path: Path) -> None:
+    (tmp_path / "featvis.yaml").write_text("featvis:\n  config:\n    lr: 0.01\n")
+    cli = FeatvisCLI(
+        ClassifierModule,
+        CIFARDataModule,
+        run=False,
+        args=[
+            "--config",
+            CONFIG,
+            "--config",
+            str(tmp_path / "featvis.yaml"),
+            "--featvis.config.steps",
+            "3",
+            "--featvis.every_n_epochs",
+            "2",
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path / "logs"),
+        ],
+    )
+    callbacks = [c for c in cli.trainer.callbacks if isinstance(c, FeatureVisCallback)]
+    assert len(callbacks) == 1
+    assert callbacks[0].config == RenderConfig(steps=3, lr=0.01)
+    assert callbacks[0].every_n_epochs == 2
+
+
+def test_resume_continues_in_the_checkpoints_run_folder(cifar_dir: Path, tmp_path: Path) -> None:
+    log_dir = tmp_path / "logs"
+    args = _tiny(cifar_dir, log_dir)
+    main(["fit", *args, "--trainer.max_epochs", "1"])
+    run = log_dir / "cifar10" / "version_0"
+    assert _epochs(run) == ["epoch_000", "epoch_001"]
+
+    main(["fit", *args, "--trainer.max_epochs", "2", "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    # One run: the same version folder, TensorBoard run (both event files in it) and PNG tree.
+    assert sorted(p.name for p in (log_dir / "cifar10").iterdir()) == ["version_0"]
+    assert _epochs(run) == ["epoch_000", "epoch_001", "epoch_002"]
+    assert len(list(run.glob("events.out.tfevents.*"))) == 2
+    assert len(_scalars(run)["val/acc"]) == 2
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {"epoch01.ckpt", "last.ckpt"}  # save_top_k=1
+
+    # The opt-out logs into a new version.
+    main(
+        [
+            "fit",
+            *args,
+            "--trainer.max_epochs",
+            "3",
+            "--ckpt_path",
+            str(run / "checkpoints" / "last.ckpt"),
+            "--resume_new_version",
+            "true",
+        ]
+    )
+    assert sorted(p.name for p in (log_dir / "cifar10").iterdir()) == ["version_0", "version_1"]
+    assert _epochs(log_dir / "cifar10" / "version_1") == ["epoch_003"]
+    assert _epochs(run) == ["epoch_000", "epoch_001", "epoch_002"]
+
+
+def test_help_names_render(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "featvis render --ckpt CKPT --out OUT" in text
+    assert "render a trained checkpoint into PNG files with `featvis render --ckpt FILE --out DIR`" in text
 
 
 def test_python_m_featvis_help() -> None:
@@ -143,6 +346,10 @@ def test_python_m_featvis_help() -> None:
     assert "usage: featvis" in result.stdout
     for subcommand in ("fit", "validate", "test", "predict"):
         assert subcommand in result.stdout
+    text = " ".join(result.stdout.split())
+    assert (
+        "featvis render --ckpt CKPT --out OUT" in text and "`featvis render --help` lists its options" in text
+    )
 
 
 @pytest.mark.slow
@@ -193,6 +400,9 @@ def test_overlay_configs_change_only_what_they_name(
     assert [c["class_path"] for c in merged["trainer"]["callbacks"]] == [
         c["class_path"] for c in default["trainer"]["callbacks"]
     ]
+    # The callback keeps its defaults (config None = RenderConfig()).
+    assert default["featvis"] == {} and "featvis" not in layer
+    assert merged["featvis"]["config"] is None and merged["featvis"]["every_n_epochs"] == 1
     for section in ("model", "data"):
         for key, value in default[section].items():
             if key not in layer.get(section, {}):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import http.server
@@ -17,16 +18,9 @@ import pytest
 import torch
 from helpers import write_cifar_folder
 
-import featvis.data as data_module
-from featvis.data import (
-    CIFAR10_FOLDER,
-    CIFARDataModule,
-    CIFARFormatError,
-    random_crop_flip,
-    read_batch,
-    read_class_names,
-    read_split,
-)
+import featvis.cifar as cifar_module
+from featvis.cifar import CIFAR10_FOLDER, CIFARFormatError, read_batch, read_class_names, read_split
+from featvis.data import CIFARDataModule, random_crop_flip
 
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -94,9 +88,9 @@ def test_read_class_names_and_split_order(tmp_path: Path) -> None:
 
 
 def test_official_download_constants() -> None:
-    assert data_module.CIFAR10_URL == "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-    assert data_module.CIFAR10_MD5 == "c58f30108f718f92721af3b95e74349a"
-    assert data_module.CIFAR10_FOLDER == "cifar-10-batches-py"
+    assert cifar_module.CIFAR10_URL == "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    assert cifar_module.CIFAR10_MD5 == "c58f30108f718f92721af3b95e74349a"
+    assert cifar_module.CIFAR10_FOLDER == "cifar-10-batches-py"
 
 
 @pytest.fixture
@@ -130,8 +124,8 @@ def archive_server(tmp_path: Path) -> Iterator[SimpleNamespace]:
 def test_prepare_data_downloads_verifies_and_extracts(
     tmp_path: Path, archive_server: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(data_module, "CIFAR10_URL", archive_server.url)
-    monkeypatch.setattr(data_module, "CIFAR10_MD5", archive_server.md5)
+    monkeypatch.setattr(cifar_module, "CIFAR10_URL", archive_server.url)
+    monkeypatch.setattr(cifar_module, "CIFAR10_MD5", archive_server.md5)
     data_dir = tmp_path / "fresh"
     data_dir.mkdir()
     (data_dir / "notes.txt").write_text("mine")
@@ -156,8 +150,8 @@ def test_prepare_data_downloads_verifies_and_extracts(
 def test_setup_downloads_when_folder_missing(
     tmp_path: Path, archive_server: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(data_module, "CIFAR10_URL", archive_server.url)
-    monkeypatch.setattr(data_module, "CIFAR10_MD5", archive_server.md5)
+    monkeypatch.setattr(cifar_module, "CIFAR10_URL", archive_server.url)
+    monkeypatch.setattr(cifar_module, "CIFAR10_MD5", archive_server.md5)
     datamodule = CIFARDataModule(data_dir=str(tmp_path / "new" / "dir"), download=True)
     datamodule.setup("fit")
     assert datamodule.split("test")[0].shape == (6, 3, 32, 32)
@@ -166,13 +160,82 @@ def test_setup_downloads_when_folder_missing(
 def test_download_with_wrong_md5_fails(
     tmp_path: Path, archive_server: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(data_module, "CIFAR10_URL", archive_server.url)
-    monkeypatch.setattr(data_module, "CIFAR10_MD5", "0" * 32)
+    monkeypatch.setattr(cifar_module, "CIFAR10_URL", archive_server.url)
+    monkeypatch.setattr(cifar_module, "CIFAR10_MD5", "0" * 32)
     datamodule = CIFARDataModule(data_dir=str(tmp_path / "dl"), download=True)
     with pytest.raises(CIFARFormatError, match="0{32}"):
         datamodule.prepare_data()
-    # Nothing unverified is extracted.
-    assert not (tmp_path / "dl" / CIFAR10_FOLDER).exists()
+    # Nothing unverified is extracted, and the unverified archive is not left behind either (nor the folder that
+    # the download created for it).
+    assert not (tmp_path / "dl").exists()
+
+
+OFFLINE_URL = (
+    "http://127.0.0.1:9/cifar-10-python.tar.gz"  # the discard port, closed: refused at once, offline
+)
+
+
+def test_failed_download_is_one_error_naming_the_url_and_the_local_copy_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cifar_module, "CIFAR10_URL", OFFLINE_URL)
+    data_dir = tmp_path / "empty"
+    data_dir.mkdir()
+    datamodule = CIFARDataModule(data_dir=str(data_dir), download=True)
+    with pytest.raises(OSError) as info:
+        datamodule.prepare_data()
+    assert isinstance(info.value, cifar_module.CIFARDownloadError)
+    message = str(info.value)
+    assert message.startswith(f"CIFAR-10 download from {OFFLINE_URL} failed (ConnectionRefusedError")
+    assert "--data.data_dir" in message and "--data.download false" in message and CIFAR10_FOLDER in message
+    assert "\n" not in message
+    # One error: urllib's chain of exceptions (about 90 lines of traceback) is not attached.
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    assert list(data_dir.iterdir()) == []
+    # A data_dir the download had to create is removed again, parents included.
+    with pytest.raises(cifar_module.CIFARDownloadError):
+        cifar_module.download_cifar10(tmp_path / "new" / "dir")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+@pytest.fixture
+def truncating_server() -> Iterator[str]:
+    """An HTTP server on the loopback interface that promises 100 kB and closes after 1 kB."""
+
+    class Truncating(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the base class's name
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            with contextlib.suppress(OSError):  # the redirect check closes without reading the body
+                self.wfile.write(b"\x1f\x8b" + bytes(1022))
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Truncating)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/cifar-10-python.tar.gz"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_interrupted_download_leaves_no_partial_archive(
+    tmp_path: Path, truncating_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cifar_module, "CIFAR10_URL", truncating_server)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "notes.txt").write_text("mine")
+    # urllib reads a connection closed early as a short file; the md5 check catches it.
+    with pytest.raises(CIFARFormatError, match=f"downloaded from {truncating_server} does not match md5"):
+        CIFARDataModule(data_dir=str(data_dir), download=True).prepare_data()
+    # The 1 kB received went to a staging file that is gone: nothing named like the archive looks complete.
+    assert [p.name for p in data_dir.iterdir()] == ["notes.txt"]
 
 
 # --- bad input ---------------------------------------------------------------------------------------------
@@ -358,13 +421,13 @@ def test_training_batches_are_augmented_eval_batches_are_not(cifar_dir: Path) ->
 
 def test_each_batch_file_is_read_once(cifar_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     reads: list[str] = []
-    original = data_module.read_batch
+    original = cifar_module.read_batch
 
     def counting_read_batch(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
         reads.append(Path(path).name)
         return original(path)
 
-    monkeypatch.setattr(data_module, "read_batch", counting_read_batch)
+    monkeypatch.setattr(cifar_module, "read_batch", counting_read_batch)
     datamodule = CIFARDataModule(data_dir=str(cifar_dir), batch_size=10, eval_batch_size=10)
     datamodule.setup("fit")
     for _ in range(2):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from featvis.cli import render_main
-from featvis.engine.render import resolve_autocast
+from featvis.engine import resolve_autocast
 
 CKPT = Path(__file__).parent / "data" / "tiny_classifier.ckpt"
 

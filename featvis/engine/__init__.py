@@ -15,6 +15,7 @@ Settings live in one :class:`RenderConfig`; keyword overrides such as ``render(n
 fields. Quality metrics of rendered images are in :mod:`featvis.quality`.
 """
 
+from featvis.engine.config import RenderConfig, resolve_autocast
 from featvis.engine.hooks import (
     LayerCapture,
     device_and_dtype,
@@ -35,13 +36,7 @@ from featvis.engine.objectives import (
     class_names_of,
 )
 from featvis.engine.param import FourierImage, ImageParam, PixelImage, make_image_param
-from featvis.engine.render import (
-    NonFiniteError,
-    RenderConfig,
-    RenderResult,
-    render,
-    resolve_autocast,
-)
+from featvis.engine.render import NonFiniteError, RenderResult, render
 from featvis.engine.transforms import Compose, Flip, Jitter, Pad, Rotate, Scale, Transform, default_transforms
 
 __all__ = [

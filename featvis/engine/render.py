@@ -10,18 +10,17 @@ validation loop.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from featvis.colour import ColourTransform
-from featvis.engine.checks import check_bool, check_choice, check_int, check_number
+from featvis.engine.config import RenderConfig, resolve_autocast
 from featvis.engine.hooks import LayerCapture, device_and_dtype, preserved_modes, resolve_layer
 from featvis.engine.objectives import (
     Activations,
@@ -31,136 +30,15 @@ from featvis.engine.objectives import (
     as_objective,
     class_names_of,
 )
-from featvis.engine.param import ColourSquash, ImageParam, Parameterisation, make_image_param
-from featvis.engine.transforms import Compose, Transform, default_transforms, slice_params
+from featvis.engine.param import ColourSquash, ImageParam, make_image_param
+from featvis.engine.transforms import Compose, default_transforms, slice_params
 
-OptimizerFactory = Callable[[list[Tensor], float], torch.optim.Optimizer]
-Autocast = Literal["auto", "bf16", "fp16", "none"]
 #: Final learning rate of the cosine schedule, as a fraction of the peak.
 LR_FLOOR = 0.1
-_AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-    "none": None,
-}
 
 
 class NonFiniteError(FloatingPointError):
     """An objective value or gradient became NaN or infinite while rendering; the message names the target."""
-
-
-@dataclass(frozen=True)
-class RenderConfig:
-    """How to render: the one declaration of every render setting, validated once when it is made.
-
-    :func:`render`, ``FeatureVisCallback(config=...)`` and ``featvis render`` all take it, so a setting has one
-    name, one default and one check. In a LightningCLI config file it is the callback's ``config:`` block, and
-    that block lists only what differs from these defaults.
-
-    Args:
-        images_per_target: images rendered per target (``K``).
-        image_size: side length of the (square) images in pixels, or their ``(height, width)``; None takes it
-            from the data or the model (the callback), else 32.
-        parameterisation: ``"fourier"`` (1/f-scaled spectrum) or ``"pixel"``.
-        decorrelate: optimise colours in the data's decorrelated basis (True) or per RGB channel.
-        decay: exponent of the Fourier ``1 / f`` scaling.
-        init_std: standard deviation of the random start of the parameters.
-        augment: random per-image transforms at every step: True for
-            :func:`~featvis.engine.transforms.default_transforms` sized for the image, False for none, or a list
-            of :class:`~featvis.engine.transforms.Transform` objects.
-        diversity_layer: layer (a name from ``model.named_modules()``) whose Gram matrices push a target's images
-            apart; None turns the diversity term off.
-        diversity_weight: strength of the diversity term.
-        steps: optimisation steps per render.
-        lr: learning rate of the image parameters (the peak, with the cosine schedule).
-        lr_schedule: ``"cosine"`` lowers the learning rate from ``lr`` to ``lr / 10`` over the steps along a half
-            cosine (the last steps refine instead of adding noise); ``"constant"`` keeps it.
-        optimizer: ``"adam"``, or a factory ``(parameters, lr) -> torch.optim.Optimizer``.
-        seed: seed of the render's private random generator; the same seed gives the same images.
-        max_batch_size: largest number of images per forward pass; None puts all in one. Batches are cut
-            between targets, so it must be at least ``images_per_target``. Chunking does not change the images.
-        autocast: ``"auto"`` (bfloat16 where the device runs it fast, for float32 models), ``"bf16"``,
-            ``"fp16"`` or ``"none"``.
-
-    Raises:
-        ValueError: a setting is out of range or of the wrong kind; the message names it.
-    """
-
-    images_per_target: int = 4
-    image_size: int | tuple[int, int] | None = None
-    parameterisation: Parameterisation = "fourier"
-    decorrelate: bool = True
-    decay: float = 1.0
-    init_std: float = 0.01
-    augment: bool | Sequence[Transform] = True
-    diversity_layer: str | None = None
-    diversity_weight: float = 2.0
-    steps: int = 128
-    lr: float = 0.005
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
-    optimizer: Literal["adam"] | OptimizerFactory = "adam"
-    seed: int = 0
-    max_batch_size: int | None = None
-    autocast: Autocast = "auto"
-
-    def __post_init__(self) -> None:
-        check_int("images_per_target", self.images_per_target, 1)
-        if self.image_size is not None:
-            object.__setattr__(self, "image_size", _image_size(self.image_size))
-        check_choice("parameterisation", self.parameterisation, ("fourier", "pixel"))
-        check_bool("decorrelate", self.decorrelate)
-        object.__setattr__(self, "decay", check_number("decay", self.decay, 0.0))
-        object.__setattr__(self, "init_std", check_number("init_std", self.init_std, 0.0))
-        if not isinstance(self.augment, bool):
-            if isinstance(self.augment, str) or not isinstance(self.augment, Sequence):
-                raise ValueError(
-                    f"augment must be True, False or a list of Transforms, got {self.augment!r}."
-                )
-            for transform in self.augment:
-                if not isinstance(transform, Transform):
-                    raise ValueError(f"augment lists {transform!r}, which is not a featvis Transform.")
-            object.__setattr__(self, "augment", tuple(self.augment))
-        if self.diversity_layer is not None and (
-            not isinstance(self.diversity_layer, str) or not self.diversity_layer
-        ):
-            raise ValueError(f"diversity_layer must be a layer name or None, got {self.diversity_layer!r}.")
-        object.__setattr__(
-            self, "diversity_weight", check_number("diversity_weight", self.diversity_weight, 0.0)
-        )
-        check_int("steps", self.steps, 0)
-        object.__setattr__(self, "lr", check_number("lr", self.lr, 0.0, exclusive_minimum=True))
-        check_choice("lr_schedule", self.lr_schedule, ("cosine", "constant"))
-        if not (self.optimizer == "adam" or callable(self.optimizer)):
-            raise ValueError(
-                f"optimizer must be 'adam' or a factory (parameters, lr) -> Optimizer, got {self.optimizer!r}."
-            )
-        check_int("seed", self.seed)
-        if self.max_batch_size is not None:
-            check_int("max_batch_size", self.max_batch_size, 1)
-            if self.max_batch_size < self.images_per_target:
-                raise ValueError(
-                    f"max_batch_size ({self.max_batch_size}) must be >= images_per_target "
-                    f"({self.images_per_target}): each target's images share one batch so the diversity term "
-                    "can compare them."
-                )
-        check_choice("autocast", self.autocast, ("auto", *_AUTOCAST_DTYPES))
-
-    def replace(self, **overrides: Any) -> RenderConfig:
-        """A copy with some settings changed (validated again).
-
-        Raises:
-            ValueError: an override names no setting (the message lists the valid names).
-        """
-        names = [field.name for field in dataclasses.fields(self)]
-        unknown = sorted(set(overrides) - set(names))
-        if unknown:
-            raise ValueError(f"unknown render setting(s) {unknown}; valid settings: {names}.")
-        return dataclasses.replace(self, **overrides)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """``(height, width)`` of the images; 32 x 32 when ``image_size`` is None."""
-        return self.image_size if isinstance(self.image_size, tuple) else (32, 32)
 
 
 @dataclass(frozen=True)
@@ -439,47 +317,9 @@ def _name(class_names: Sequence[str] | None, index: int) -> str | None:
     return class_names[index] if class_names is not None and index < len(class_names) else None
 
 
-def _image_size(image_size: int | tuple[int, int]) -> tuple[int, int]:
-    sides = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    if len(sides) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sides):
-        raise ValueError(f"image_size must be a positive integer or (height, width), got {image_size!r}.")
-    return sides
-
-
 def _uses_channels_last(model: nn.Module) -> bool:
     """Whether the model's conv weights are stored channels-last (then channels-last inputs avoid copies)."""
     for param in model.parameters():
         if param.ndim == 4 and param.shape[1] > 1 and param.shape[2] * param.shape[3] > 1:
             return param.is_contiguous(memory_format=torch.channels_last) and not param.is_contiguous()
     return False
-
-
-def resolve_autocast(setting: Autocast, device: torch.device, dtype: torch.dtype) -> torch.dtype | None:
-    """The autocast dtype a render uses for ``setting`` on ``device`` for a model in ``dtype`` (None: no autocast).
-
-    ``"auto"`` picks bfloat16 only for float32 models on devices that run it natively (a CUDA device with bf16,
-    a CPU with AVX-512 bf16 instructions); elsewhere it renders in the model's own dtype.
-
-    Args:
-        setting: ``"auto"``, ``"bf16"``, ``"fp16"`` or ``"none"``.
-        device: where the model runs.
-        dtype: the model's floating dtype.
-    """
-    if setting == "auto":
-        if dtype != torch.float32:
-            return None
-        if device.type == "cpu":
-            return torch.bfloat16 if _cpu_has_fast_bf16() else None
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-        return None
-    return _AUTOCAST_DTYPES[check_choice("autocast", setting, ("auto", *_AUTOCAST_DTYPES))]
-
-
-def _cpu_has_fast_bf16() -> bool:
-    # Without native bf16 instructions, CPU bf16 is emulated and slower than float32.
-    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    try:
-        return bool(check()) if check is not None else False
-    except RuntimeError:
-        return False

@@ -5,12 +5,14 @@ Pure PyTorch (no Lightning). :mod:`featvis.quality.metrics` holds the metrics, e
 allow, and is what the callback, ``featvis render --metrics`` and the benchmarks call.
 """
 
-from featvis.quality.metrics import (
-    TransferAccuracy,
+from featvis.quality.features import (
     feature_diversity,
     penultimate_features,
     plausibility,
     plausibility_from_features,
+)
+from featvis.quality.metrics import (
+    TransferAccuracy,
     radial_log_spectrum,
     random_affine,
     robustness,

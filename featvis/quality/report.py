@@ -16,10 +16,8 @@ from torch import Tensor, nn
 
 from featvis.colour import ColourTransform
 from featvis.engine.hooks import device_and_dtype
+from featvis.quality.features import feature_diversity, penultimate_features, plausibility_from_features
 from featvis.quality.metrics import (
-    feature_diversity,
-    penultimate_features,
-    plausibility_from_features,
     radial_log_spectrum,
     robustness,
     spectral_gap,

@@ -22,7 +22,7 @@ from benchmarks.reference_models import (
     load_reference,
     train_reference,
 )
-from featvis.data import read_class_names, read_split
+from featvis.cifar import read_class_names, read_split
 from featvis.engine import RenderConfig
 from featvis.images import write_image_folder
 from featvis.quality import penultimate_features
@@ -270,7 +270,9 @@ def test_callback_args_reads_the_config_block_and_tolerates_its_absence(tmp_path
     args = common.callback_args({"trainer": {"callbacks": [{"class_path": "x.Other"}, custom]}})
     assert args["every_n_epochs"] == 2
     assert args["config"] == RenderConfig(steps=7, autocast="none")
-    with pytest.raises(ValueError, match="no FeatureVisCallback"):
+    assert common.callback_args({"featvis": {"config": {"steps": 5}}}) == {"config": RenderConfig(steps=5)}
+    assert common.callback_args({"featvis": None}) == {"config": RenderConfig()}
+    with pytest.raises(ValueError, match="no featvis section and no FeatureVisCallback"):
         common.callback_args({"trainer": {"callbacks": [{"class_path": "x.Other"}]}})
     with pytest.raises(ValueError, match="steps"):
         common.callback_args({"trainer": {"callbacks": [{**entry, "init_args": {"config": {"steps": -1}}}]}})

@@ -1,4 +1,9 @@
-"""The ``featvis`` command line: LightningCLI for fit/validate/test/predict, and ``featvis render``."""
+"""``featvis render``: a checkpoint to a folder of PNGs, every check made before any rendering.
+
+The settings are :class:`~featvis.engine.RenderConfig`'s, one flag each; targets come from
+:mod:`featvis.targets`, scores from :func:`featvis.quality.score_render`, and the folder is written by
+:func:`featvis.folders.write_folder`, so ``--overwrite`` only ever replaces a folder featvis wrote.
+"""
 
 from __future__ import annotations
 
@@ -13,49 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.cli import LightningCLI
 from torch import Tensor
 
-from featvis.data import CIFARDataModule
 from featvis.engine import RenderConfig, RenderResult
 from featvis.folders import FolderError, check_destination, write_folder
 from featvis.model import ClassifierModule
 from featvis.quality import RGBInput, reference_spectrum, score_render
 from featvis.targets import Target, resolve_targets
-
-
-class FeatvisCLI(LightningCLI):
-    """LightningCLI with featvis's model and datamodule as defaults and their arguments linked."""
-
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
-
-
-def main(args: Sequence[str] | None = None) -> FeatvisCLI | None:
-    """Run ``featvis fit|validate|test|predict [--config FILE] ...``.
-
-    Args:
-        args: command-line arguments; None reads ``sys.argv``.
-    """
-    return FeatvisCLI(
-        ClassifierModule,
-        CIFARDataModule,
-        args=None if args is None else list(args),
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": "featvis"},
-    )
-
-
-def console_main() -> None:
-    """Entry point of the ``featvis`` console script: ``featvis render ...`` or a LightningCLI subcommand."""
-    if sys.argv[1:2] == ["render"]:
-        sys.exit(render_main(sys.argv[2:]))
-    if sys.argv[1:] in (["-h"], ["--help"]):
-        # LightningCLI's parser knows only its own subcommands; name ours first.
-        print(
-            "featvis render --help    render a ClassifierModule checkpoint into PNGs (see below for training)\n"
-        )
-    main()
 
 
 class RenderError(Exception):
@@ -279,7 +248,7 @@ def render_main(argv: Sequence[str] | None = None) -> int:
 
 def _train_spectrum(data_dir: str, size: tuple[int, int]) -> Tensor:
     """The radial log spectrum of the CIFAR training set under ``data_dir``, for the spectral gap."""
-    from featvis.data import CIFAR10_FOLDER, read_split
+    from featvis.cifar import CIFAR10_FOLDER, read_split
 
     folder = Path(data_dir) / CIFAR10_FOLDER
     if not folder.is_dir():
