@@ -18,7 +18,7 @@ import torch
 
 from benchmarks.common import make_parser, run_script
 from featvis.engine import RenderConfig, device_and_dtype, render, resolve_autocast
-from featvis.engine.render import Autocast
+from featvis.engine.config import Autocast
 from featvis.model import ClassifierModule, load_classifier
 
 
