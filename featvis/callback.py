@@ -1,7 +1,8 @@
 """``FeatureVisCallback``: render what the classifier responds to after every n-th epoch and log it.
 
 A thin Lightning adapter: :func:`featvis.engine.render` optimises the images, :mod:`featvis.targets` says what
-to render, :func:`featvis.quality.score_render` scores it and :mod:`featvis.outputs` writes it. This module owns
+to render, :func:`featvis.quality.score_render` scores it, :mod:`featvis.outputs` writes it and
+:mod:`featvis.basis` learns the colour basis from the training data when the run has none. This module owns
 only the Lightning concerns: which hooks render (once before training, then every ``every_n_epochs``-th epoch),
 at which step they log (the trainer's global step, the x axis of Lightning's own charts), the timeline state saved
 in checkpoints (and, on resume, dropping PNG folders that the checkpoint does not cover), and the DDP split and
@@ -9,7 +10,8 @@ gather.
 
 It leaves training untouched: the engine restores train/eval flags, never writes parameter gradients and draws
 its randomness from a private generator seeded identically every epoch, and the callback additionally forks the
-global torch RNG around each render.
+global torch RNG around each render (the learned colour basis reads the training data through a private loader,
+with the torch, Python and NumPy random states restored).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
+from featvis.basis import LearnedBasis
 from featvis.colour import ColourTransform
 from featvis.engine import RenderConfig, class_names_of, device_and_dtype, fork_rng, render, resolve_layer
 from featvis.engine.checks import check_bool, check_int
@@ -55,9 +58,11 @@ class FeatureVisCallback(Callback):
     cover (a killed run's last render), so the PNGs match the checkpoint and the logs.
 
     The colour space comes from ``normalization_mean``/``normalization_std``, else the datamodule's or the
-    LightningModule's ``colour``, else plain RGB in [0, 1]; the image size from ``config.image_size``, the
-    datamodule's or module's ``image_size`` or ``example_input_array``, else 32; class names from the
-    datamodule's ``classes``, else the module's ``class_names``, else the indices.
+    LightningModule's ``colour``, else plain RGB in [0, 1]; without a ``colour``, images are optimised in a basis
+    whitened from the training images (:mod:`featvis.basis`, saved in checkpoints) while the model still gets its
+    own input space. The image size comes from ``config.image_size``, the datamodule's or module's
+    ``image_size`` or ``example_input_array``, else 32; class names from the datamodule's ``classes``, else the
+    module's ``class_names``, else the indices.
 
     Args:
         every_n_epochs: render at the end of every n-th training epoch (epochs counted from 1).
@@ -129,6 +134,7 @@ class FeatureVisCallback(Callback):
         self._reference: nn.Module | None = None
         self._spectrum: Tensor | None = None
         self._timeline = Timeline(self._warn)  # saved in checkpoints, so a resumed run continues it
+        self._basis = LearnedBasis(self._warn)  # saved in checkpoints too: a resumed run keeps its colours
         self._resumed = False  # set by load_state_dict: prune the PNG folders the checkpoint does not cover
 
     # ------------------------------------------------------------------ Lightning plumbing
@@ -146,7 +152,7 @@ class FeatureVisCallback(Callback):
     def state_dict(self) -> dict[str, Any]:
         tags = [t.tag for t in self._targets] if self._targets is not None else None
         state = {"format": _STATE_FORMAT, "seed": self.config.seed, "every_n_epochs": self.every_n_epochs}
-        return state | self._timeline.state_dict(tags)
+        return state | self._timeline.state_dict(tags) | self._basis.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("format") != _STATE_FORMAT:
@@ -158,6 +164,7 @@ class FeatureVisCallback(Callback):
         # The saved seed wins, so the resumed run draws the same noise and augmentations as before.
         self.config = self.config.replace(seed=int(state_dict["seed"]))
         self._timeline.load_state_dict(state_dict)
+        self._basis.load_state_dict(state_dict)
         self._resumed = True
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -243,13 +250,11 @@ class FeatureVisCallback(Callback):
             packed = torch.zeros(
                 per_rank, k * (3 * height * width + 2) + 1, device=device_and_dtype(pl_module)[0]
             )
+            # Collective under DDP (rank 0 fits, the others take its basis): every rank calls it.
+            basis = self._basis.get(trainer, pl_module, self.colour)
             if mine:
-                result = render(
-                    pl_module,
-                    [t.objective for t in mine],
-                    config=config,
-                    colour=self._colour(trainer, pl_module),
-                )
+                colour, objectives = self._colour(trainer, pl_module), [t.objective for t in mine]
+                result = render(pl_module, objectives, config=config, colour=colour, basis=basis)
                 seconds = torch.full((len(mine), 1), result.seconds)
                 fields = (result.rgb.flatten(1), result.values, result.target_probs(), seconds)
                 packed[: len(mine)] = torch.cat([field.to(packed) for field in fields], dim=1)
@@ -286,13 +291,9 @@ class FeatureVisCallback(Callback):
         if self.metrics or self._reference is not None:
             colour = self._colour(trainer, pl_module)
             references = None
-            if self._reference is not None:
-                own = getattr(self._reference, "colour", None)
-                references = {
-                    "reference": RGBInput(
-                        self._reference, own if isinstance(own, ColourTransform) else colour
-                    )
-                }
+            if self._reference is not None:  # in the reference's own colour transform if it has one
+                own = ColourTransform.find(self._reference) or colour
+                references = {"reference": RGBInput(self._reference, own)}
             with torch.inference_mode(False), torch.no_grad(), fork_rng(pl_module):
                 report = score_render(
                     result["rgb"],

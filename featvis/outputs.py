@@ -1,8 +1,11 @@
-"""Where renders go: TensorBoard images, scalars for every logger, PNG files and the timeline.
+"""Where renders go: images for every logger that can show them, scalars for every logger, PNGs, the timeline.
 
 One place decides how a render is shown, so the callback only says *what* to log and *when*. Every logger gets
-the scalars (``log_metrics``); loggers that can show images get the pictures; PNG files go under
-``<log_dir>/<prefix>/`` for everyone, which is all a run without an image-capable logger gets.
+the scalars (``log_metrics``); loggers that can show images get the pictures, each through its own client
+(TensorBoard's ``add_image``, W&B's ``log_image``, MLflow's ``log_image``); PNG files go under
+``<log_dir>/<prefix>/`` for everyone, which is all a run without an image-capable logger gets. A logger whose
+client rejects an image is skipped for that render (with one warning per logger), so one broken client never
+costs the scalars, the other loggers' images or the PNG files.
 
 Each epoch's PNG folder is written as a whole (:func:`featvis.folders.write_folder`: built in a hidden staging
 folder, with a manifest, then renamed into place), so a run killed while writing leaves no folder that looks
@@ -11,13 +14,14 @@ complete, and :meth:`RenderOutputs.prune` can tell the folders featvis wrote fro
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
@@ -27,6 +31,17 @@ from featvis.folders import FolderError, remove_owned, remove_stale_siblings, wr
 
 # An epoch's PNG folder, or a staging / moved-aside folder that write_folder made for it.
 _EPOCH_ENTRY = re.compile(r"\.?(epoch_(\d+))(\.(partial|old)-.+)?")
+
+# The loggers whose clients show images, and what to do when one of them rejects an image. Lightning imports
+# these classes without their client libraries (wandb, mlflow), so naming them here costs no dependency.
+_IMAGE_LOGGERS = (TensorBoardLogger, WandbLogger, MLFlowLogger)
+_FIXES: dict[type[Logger], str] = {
+    TensorBoardLogger: "check that its log folder is writable and upgrade tensorboard (pip install -U tensorboard)",
+    WandbLogger: "upgrade wandb (pip install -U 'featvis[wandb]') and check the run's setup (wandb login, or "
+    "WANDB_MODE=offline without a network)",
+    MLFlowLogger: "upgrade mlflow (pip install -U 'featvis[mlflow]') and check that its tracking URI and artifact "
+    "store are reachable and writable",
+}
 
 
 class WarnOnce:
@@ -52,8 +67,9 @@ class RenderOutputs:
     """Writes one callback's renders: per-target strips, a sheet of all targets, scalars, PNGs, the timeline.
 
     Tags are ``<prefix>/<tag>`` (one target's images side by side), ``<prefix>/all`` (targets x images) and
-    ``<prefix>/timeline`` (targets x rendered epochs); PNG files are ``<log_dir>/<prefix>/epoch_<NNN>/<tag>/<i>.png``
-    and ``<log_dir>/<prefix>/timeline.png``.
+    ``<prefix>/timeline`` (targets x rendered epochs), the same for TensorBoard, W&B (with captions) and MLflow
+    (image keys with steps); PNG files are ``<log_dir>/<prefix>/epoch_<NNN>/<tag>/<i>.png`` and
+    ``<log_dir>/<prefix>/timeline.png``.
 
     Args:
         prefix: tag prefix and name of the PNG folder.
@@ -98,15 +114,16 @@ class RenderOutputs:
         """
         if self.save_png:
             self._write_pngs(log_dir / self.prefix / f"epoch_{epoch:03d}", rgb, tags)
-        scale = self.scale(rgb.shape[-1])
-        for writer in self._writers(loggers):
-            for target, tag in enumerate(tags):
-                strip = img.grid(rgb[target : target + 1], scale=scale, padding=2)
-                writer.add_image(f"{self.prefix}/{tag}", strip, global_step=step, dataformats="CHW")
-            writer.add_image(
-                f"{self.prefix}/all", img.grid(rgb, scale=scale, padding=2), step, dataformats="CHW"
-            )
-            writer.flush()
+        shown = self._image_loggers(loggers, log_dir)
+        if shown:  # the pictures are made once, for every logger that shows them
+            scale = self.scale(rgb.shape[-1])
+            pictures = [
+                (f"{self.prefix}/{tag}", img.grid(rgb[target : target + 1], scale=scale, padding=2), tag)
+                for target, tag in enumerate(tags)
+            ]
+            caption = f"{len(tags)} targets (rows) x {rgb.shape[1]} images"
+            pictures.append((f"{self.prefix}/all", img.grid(rgb, scale=scale, padding=2), caption))
+            self._show(shown, log_dir, step, pictures)
         for logger in loggers:
             logger.log_metrics({**scalars, "epoch": epoch}, step=step)
 
@@ -131,9 +148,13 @@ class RenderOutputs:
             path = log_dir / self.prefix / "timeline.png"
             img.save_png(picture, path)
             rank_zero_info(f"featvis: PNGs under {path.parent}/epoch_*/, timeline {path}")
-        for writer in self._writers(loggers):
-            writer.add_image(f"{self.prefix}/timeline", picture, global_step=step, dataformats="CHW")
-            writer.flush()
+        caption = f"{len(tags)} targets (rows) x epochs {epochs[0]}..{epochs[-1]} (columns)"
+        self._show(
+            self._image_loggers(loggers, log_dir),
+            log_dir,
+            step,
+            [(f"{self.prefix}/timeline", picture, caption)],
+        )
 
     def prune(self, log_dir: Path, keep: Collection[int]) -> None:
         """Delete the epoch folders that featvis wrote for epochs not in ``keep``, and unfinished writes.
@@ -168,16 +189,81 @@ class RenderOutputs:
         except FolderError as err:  # e.g. a folder of that name that featvis did not write
             self.warn("png", f"FeatureVisCallback: PNGs not written: {err}")
 
-    def _writers(self, loggers: Sequence[Logger]) -> list[Any]:
-        writers = [logger.experiment for logger in loggers if isinstance(logger, TensorBoardLogger)]
-        others = [type(logger).__name__ for logger in loggers if not isinstance(logger, TensorBoardLogger)]
-        if others:
-            self.warn(
-                "loggers",
-                f"FeatureVisCallback logs images to TensorBoard only; for {others} they are written as PNG files "
-                f"under <log_dir>/{self.prefix}/ (scalars go to every logger).",
-            )
-        return writers
+    def _image_loggers(self, loggers: Sequence[Logger], log_dir: Path) -> list[Logger]:
+        """The loggers that can show images; says once for each other kind where its images go instead."""
+        for logger in loggers:
+            if not isinstance(logger, _IMAGE_LOGGERS):
+                name = type(logger).__name__
+                # Not a warning: a CSVLogger is a deliberate choice, and the PNG files are the images it gets.
+                self.warn(
+                    f"no-images:{name}",
+                    f"FeatureVisCallback: {name} cannot show images; {self._pngs(log_dir)}.",
+                    info=True,
+                )
+        return [logger for logger in loggers if isinstance(logger, _IMAGE_LOGGERS)]
+
+    def _pngs(self, log_dir: Path) -> str:
+        """Where the images are, for a logger that does not show them."""
+        if self.save_png:
+            return f"they are written as PNG files under {log_dir / self.prefix}/"
+        return (
+            "save_png=False writes no PNG files either; add a TensorBoardLogger, WandbLogger or MLFlowLogger"
+        )
+
+    def _show(
+        self, loggers: Sequence[Logger], log_dir: Path, step: int, pictures: Sequence[tuple[str, Tensor, str]]
+    ) -> None:
+        """Send ``(key, picture, caption)`` pictures to every logger in ``loggers``, each on its own.
+
+        Args:
+            loggers: loggers that can show images (:meth:`_image_loggers`).
+            log_dir: the run's folder, named in the warning when a logger rejects an image.
+            step: the step the pictures are logged at.
+            pictures: ``(3, H, W)`` images in [0, 1] with their key (tag) and caption.
+        """
+        for logger in loggers:
+            key = ""
+            try:
+                for key, picture, caption in pictures:
+                    _show_image(logger, key, picture, step, caption)
+                if isinstance(logger, TensorBoardLogger):
+                    logger.experiment.flush()  # so a TensorBoard watching the run shows the epoch at once
+            # Any error: one client's failure (an old version, a run that is not set up, a full disk) must not cost
+            # the scalars, the other loggers' images or the PNG files, nor stop training.
+            except Exception as err:
+                name = type(logger).__name__
+                pngs = f", and the PNG files go under {log_dir / self.prefix}/" if self.save_png else ""
+                fix = next(
+                    (fix for kind, fix in _FIXES.items() if isinstance(logger, kind)), "check its setup"
+                )
+                self.warn(
+                    f"images:{name}:{id(logger)}",
+                    f"FeatureVisCallback: {name} rejected the image {key!r} ({type(err).__name__}: {err}); it "
+                    f"still gets the scalars, the other loggers the images{pngs}. To fix: {fix}.",
+                )
+
+
+def _show_image(logger: Logger, key: str, picture: Tensor, step: int, caption: str) -> None:
+    """Log one ``(3, H, W)`` picture in [0, 1] through ``logger``'s own image call (one of ``_IMAGE_LOGGERS``).
+
+    Args:
+        logger: a TensorBoardLogger, WandbLogger or MLFlowLogger.
+        key: the tag, ``<prefix>/<name>``.
+        picture: the image.
+        step: the step to log it at (TensorBoard's and MLflow's step, W&B's ``trainer/global_step``).
+        caption: the caption shown under it where the logger shows one (W&B).
+    """
+    if isinstance(logger, TensorBoardLogger):
+        logger.experiment.add_image(key, picture, global_step=step, dataformats="CHW")
+    elif isinstance(logger, WandbLogger):
+        logger.log_image(key=key, images=[img.to_uint8(picture).numpy()], step=step, caption=[caption])
+    elif isinstance(logger, MLFlowLogger):
+        client, pixels = logger.experiment, img.to_uint8(picture).numpy()
+        # mlflow >= 2.12 takes key and step (a step slider per key in its UI); older ones only artifact files.
+        if {"key", "step"} <= inspect.signature(client.log_image).parameters.keys():
+            client.log_image(logger.run_id, pixels, key=key, step=step)
+        else:
+            client.log_image(logger.run_id, pixels, artifact_file=f"{key}/step_{step:06d}.png")
 
 
 class Timeline:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -12,13 +13,17 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from helpers import CLASSES, FAST, SIZE, TinyClassifier, make_trainer, png_epochs, read_events, read_scalars
 from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import TensorDataset
 
+import featvis.basis
 from featvis import images as img
 from featvis.callback import FeatureVisCallback
+from featvis.colour import ColourTransform
 from featvis.engine import RenderConfig
 
 # TinyClassifier: 48 training samples in batches of 16, so every epoch ends 3 global steps after the last one.
@@ -152,13 +157,16 @@ def test_channel_and_neuron_targets(tmp_path):
     assert (Path(trainer.log_dir) / "neur" / "epoch_001" / "net.act.neuron3" / "1.png").is_file()
 
 
-def test_other_logger_gets_pngs_and_one_warning(tmp_path):
+def test_logger_without_images_gets_pngs_and_one_info_line(tmp_path, caplog, monkeypatch):
     callback = FeatureVisCallback(config=FAST)
     trainer = make_trainer(tmp_path, [callback], epochs=2, logger=CSVLogger(str(tmp_path), name="csv"))
-    with pytest.warns(UserWarning, match="TensorBoard only") as record:
+    monkeypatch.setattr(logging.getLogger("lightning.pytorch"), "propagate", True)
+    with caplog.at_level(logging.INFO):
         trainer.fit(TinyClassifier())
-    assert sum("TensorBoard only" in str(w.message) for w in record) == 1
     log_dir = Path(trainer.log_dir)
+    notes = {r.getMessage() for r in caplog.records if "cannot show images" in r.getMessage()}
+    expected = f"CSVLogger cannot show images; they are written as PNG files under {log_dir / 'featvis'}/."
+    assert notes == {f"FeatureVisCallback: {expected}"}
     assert png_epochs(log_dir) == ["epoch_000", "epoch_001", "epoch_002"]
     assert (log_dir / "featvis" / "timeline.png").is_file()
     # metrics.csv: featvis's rows at the global step, with the epoch, like Lightning's own rows.
@@ -515,3 +523,130 @@ def test_tags_and_scalars_are_those_of_the_first_release(tmp_path):
         "neur/diversity", "neur/objective", "neur/render_seconds", "neur/robustness", "neur/target_prob",
         "train_loss", "val_loss",
     }  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- learned colour basis
+
+RGB_MEAN, RGB_STD = [0.45, 0.5, 0.55], [0.2, 0.25, 0.3]
+
+
+class _Jittered(TensorDataset):
+    """Images plus a jitter from Python's and NumPy's global generators, as augmentations draw them."""
+
+    def __getitem__(self, index):
+        image, label = super().__getitem__(index)
+        return image + 1e-3 * (random.random() + float(np.random.rand())), label
+
+
+class PlainRGB(TinyClassifier):
+    """A module with no colour transform, trained on ``(rgb - RGB_MEAN) / RGB_STD`` colour-correlated images."""
+
+    def __init__(self, jitter: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        del self.colour
+        self.jitter = jitter
+
+    def _data(self, seed):
+        g = torch.Generator().manual_seed(seed)
+        labels = torch.randint(0, self.num_classes, (self.samples,), generator=g)
+        grey = 0.5 + 0.15 * torch.randn(
+            self.samples, 1, SIZE, SIZE, generator=g
+        )  # the channels move together
+        rgb = grey.expand(-1, 3, -1, -1) + 0.03 * torch.randn(self.samples, 3, SIZE, SIZE, generator=g)
+        rgb[torch.arange(self.samples), labels % 3] += 0.2  # class = a tint
+        images = ColourTransform.from_normalisation(RGB_MEAN, RGB_STD).to_model(rgb.clamp(0, 1))
+        return (_Jittered if self.jitter else TensorDataset)(images, labels)
+
+
+def _plain_callback(std: list[float] = RGB_STD) -> FeatureVisCallback:
+    return FeatureVisCallback(normalization_mean=RGB_MEAN, normalization_std=std, config=FAST)
+
+
+def _never_read(*args, **kwargs):
+    raise AssertionError("the training data was read to fit a colour basis")
+
+
+def test_learned_basis_is_the_whitening_of_the_training_images_in_rgb(tmp_path):
+    model, callback = PlainRGB(), _plain_callback()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer(tmp_path, [callback], epochs=1).fit(model)
+    assert not [w for w in caught if "do not look like RGB" in str(w.message)]  # the normalisation is right
+    # Independently: the training images mapped back to RGB through the normalisation, whitened.
+    images = model._data(0).tensors[0]
+    rgb = images * torch.tensor(RGB_STD).view(1, 3, 1, 1) + torch.tensor(RGB_MEAN).view(1, 3, 1, 1)
+    expected = ColourTransform.from_pixels(rgb)
+    learned = callback._basis.transform
+    for key in ("mean", "matrix", "inverse"):
+        assert torch.allclose(getattr(learned, key), getattr(expected, key), rtol=1e-5, atol=1e-5), key
+    # The normalisation leaves the channels correlated; the learned basis whitens them.
+    correlation = torch.corrcoef(images.transpose(0, 1).reshape(3, -1))
+    assert min(float(correlation[0, 1]), float(correlation[0, 2]), float(correlation[1, 2])) > 0.3
+    whitened = learned.to_model(rgb).transpose(0, 1).reshape(3, -1).double()
+    assert torch.allclose(torch.cov(whitened, correction=0), torch.eye(3, dtype=torch.float64), atol=1e-4)
+    assert torch.equal(callback.state_dict()["basis_matrix"], learned.matrix)
+
+
+def _plain_final_state(tmp_path: Path, callbacks) -> tuple[dict, dict]:
+    L.seed_everything(123, verbose=False)
+    model = PlainRGB(jitter=True)
+    trainer = make_trainer(tmp_path, callbacks, epochs=3, logger=False, enable_checkpointing=False)
+    trainer.fit(model)
+    return copy.deepcopy(model.state_dict()), copy.deepcopy(trainer.optimizers[0].state_dict())
+
+
+def test_training_is_bitwise_identical_with_and_without_a_learned_basis(tmp_path):
+    weights_a, optim_a = _plain_final_state(tmp_path / "a", [])
+    callback = _plain_callback()
+    weights_b, optim_b = _plain_final_state(tmp_path / "b", [callback])
+    assert callback._basis.transform is not None  # this run did read the training data and fit a basis
+    assert png_epochs(tmp_path / "b") == ["epoch_000", "epoch_001", "epoch_002", "epoch_003"]
+    for key in weights_a:
+        assert torch.equal(weights_a[key], weights_b[key]), key
+    for index, state in optim_a["state"].items():
+        assert torch.equal(state["momentum_buffer"], optim_b["state"][index]["momentum_buffer"])
+
+
+@pytest.mark.parametrize("factor", [0.1, 10.0])
+def test_warns_when_the_normalisation_disagrees_with_the_data(tmp_path, factor):
+    callback = _plain_callback(std=[s * factor for s in RGB_STD])  # std given 10x too small, or too large
+    with pytest.warns(UserWarning, match="do not look like RGB") as record:
+        make_trainer(tmp_path, [callback], epochs=1).fit(PlainRGB())
+    (message,) = [str(w.message) for w in record if "do not look like RGB" in str(w.message)]
+    assert "pass the normalization_mean/normalization_std that the data loader applies" in message
+    assert "\n" not in message
+
+
+def test_learned_basis_state_dict_round_trip_renders_identically_without_refitting(tmp_path, monkeypatch):
+    model, first = PlainRGB(), _plain_callback()
+    trainer = make_trainer(tmp_path, [first], epochs=1)
+    trainer.fit(model)
+    torch.save(first.state_dict(), tmp_path / "state.pt")
+    resumed = _plain_callback()
+    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))  # as a checkpoint loads
+    monkeypatch.setattr(featvis.basis, "read_training_images", _never_read)
+    rendered = resumed.render(model, trainer)["rgb"]
+    assert torch.equal(rendered, first.render(model, trainer)["rgb"])
+    assert not torch.allclose(rendered, _plain_callback().render(model)["rgb"])  # per-channel colours differ
+
+
+def test_no_basis_is_learned_when_the_module_has_a_colour_transform(tmp_path, monkeypatch):
+    monkeypatch.setattr(featvis.basis, "read_training_images", _never_read)
+    callback = FeatureVisCallback(config=FAST)
+    make_trainer(tmp_path, [callback], epochs=1).fit(TinyClassifier())
+    assert callback._basis.transform is None and "basis_mean" not in callback.state_dict()
+
+
+def test_resumed_run_renders_in_the_checkpoints_basis_without_refitting(tmp_path, monkeypatch):
+    def fit(root: Path, epochs: int, ckpt_path: Path | None = None) -> Path:
+        trainer = make_trainer(root, [_plain_callback()], epochs=epochs)
+        L.seed_everything(5, verbose=False)
+        trainer.fit(PlainRGB(shuffle=False, dropout=0.0), ckpt_path=ckpt_path)
+        return Path(trainer.log_dir)
+
+    uninterrupted = _png_bytes(fit(tmp_path / "a", 2) / "featvis")
+    first = fit(tmp_path / "b", 1)
+    monkeypatch.setattr(featvis.basis, "read_training_images", _never_read)  # the checkpoint holds the basis
+    resumed = _png_bytes(fit(tmp_path / "b", 2, next(first.rglob("*.ckpt"))) / "featvis")
+    assert resumed.keys() == uninterrupted.keys() and any(k.startswith("epoch_002") for k in resumed)
+    assert [k for k in resumed if resumed[k] != uninterrupted[k]] == []

@@ -6,11 +6,13 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from helpers import read_events, read_scalars
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.tensorboard import SummaryWriter
 
 from featvis import images as img
 from featvis.folders import MANIFEST_NAME
@@ -21,17 +23,25 @@ def _rgb(seed: int = 0) -> torch.Tensor:
     return torch.rand(2, 3, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
 
 
-def test_render_goes_to_pngs_tensorboard_and_every_loggers_scalars(tmp_path: Path) -> None:
+def test_render_goes_to_pngs_tensorboard_and_every_loggers_scalars(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Lightning's logger stops propagation when the root logger has no handler yet; let caplog see its records.
+    monkeypatch.setattr(logging.getLogger("lightning.pytorch"), "propagate", True)
     tb = TensorBoardLogger(str(tmp_path), name="tb", version=0)
     csv = CSVLogger(str(tmp_path), name="csv", version=0)
     outputs = RenderOutputs("fv", save_png=True, display_scale=None, warn=WarnOnce())
     rgb = _rgb()
-    with pytest.warns(UserWarning, match="TensorBoard only") as record:
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO):
+        warnings.simplefilter("error")  # a CSVLogger is a choice, not a problem: no warning
         for epoch, step in ((0, 0), (1, 7)):  # epoch 1 ended at global step 7
             outputs.log_render(
                 [tb, csv], tmp_path / "run", epoch, step, rgb, ["a", "b"], {"fv/objective": 1.5 + epoch}
             )
-    assert sum("TensorBoard only" in str(w.message) for w in record) == 1  # once, not per render
+    infos = [r.getMessage() for r in caplog.records if "cannot show images" in r.getMessage()]
+    assert set(infos) == {  # once, not per render (pytest may hand one record to two handlers)
+        f"FeatureVisCallback: CSVLogger cannot show images; they are written as PNG files under {tmp_path / 'run' / 'fv'}/."
+    }
     png = img.load_png(tmp_path / "run" / "fv" / "epoch_001" / "b" / "2.png")  # folders named by epoch
     assert torch.equal(png, (rgb[1, 2] * 255).round() / 255)  # native size, the pixels as rendered
     events = read_events(tmp_path / "tb")
@@ -46,6 +56,77 @@ def test_render_goes_to_pngs_tensorboard_and_every_loggers_scalars(tmp_path: Pat
     assert [(r["step"], r["epoch"], r["fv/objective"]) for r in values] == [
         ("0", "0", "1.5"),
         ("7", "1", "2.5"),
+    ]
+
+
+class _DiskFullWriter(SummaryWriter):
+    """A real event-file writer whose disk fills up for images once ``full`` is set."""
+
+    full = False
+
+    def add_image(self, *args: Any, **kwargs: Any) -> None:
+        if self.full:
+            raise OSError(28, "No space left on device")
+        super().add_image(*args, **kwargs)
+
+
+class DiskFullTensorBoardLogger(TensorBoardLogger):
+    """A TensorBoardLogger that writes through :class:`_DiskFullWriter`."""
+
+    @property
+    def experiment(self) -> _DiskFullWriter:
+        if self._experiment is None:
+            self._experiment = _DiskFullWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+def test_a_logger_that_rejects_images_loses_nothing_logged_and_stops_nothing(tmp_path: Path) -> None:
+    failing = DiskFullTensorBoardLogger(str(tmp_path), name="failing", version=0)
+    tb = TensorBoardLogger(str(tmp_path), name="tb", version=0)
+    csv = CSVLogger(str(tmp_path), name="csv", version=0)
+    outputs = RenderOutputs("fv", save_png=True, display_scale=1, warn=WarnOnce())
+    timeline = Timeline(WarnOnce())
+    outputs.log_render([failing, tb, csv], tmp_path / "run", 0, 0, _rgb(0), ["a", "b"], {"fv/objective": 1.0})
+    timeline.add(0, _rgb(0), ["a", "b"])
+    failing.experiment.full = True
+    with pytest.warns(UserWarning, match="DiskFullTensorBoardLogger rejected") as record:
+        for epoch in (1, 2):
+            outputs.log_render(
+                [failing, tb, csv],
+                tmp_path / "run",
+                epoch,
+                5 * epoch,
+                _rgb(epoch),
+                ["a", "b"],
+                {"fv/objective": 2.0},
+            )
+            timeline.add(epoch, _rgb(epoch), ["a", "b"])
+        outputs.log_timeline([failing, tb, csv], tmp_path / "run", 10, timeline)
+    assert [str(w.message) for w in record] == [  # once for three rejected calls; names the error and the fix
+        "FeatureVisCallback: DiskFullTensorBoardLogger rejected the image 'fv/a' (OSError: [Errno 28] No space "
+        "left on device); it still gets the scalars, the other loggers the images, and the PNG files go under "
+        f"{tmp_path / 'run' / 'fv'}/. To fix: check that its log folder is writable and upgrade tensorboard "
+        "(pip install -U tensorboard)."
+    ]
+    failed = read_events(tmp_path / "failing")
+    assert {tag: [e[0] for e in events] for tag, events in failed["images"].items()} == {
+        "fv/a": [0],
+        "fv/b": [0],
+        "fv/all": [0],
+    }
+    assert failed["scalars"]["fv/objective"] == [0, 5, 10]  # kept, and it still gets the scalars
+    ok = read_events(tmp_path / "tb")["images"]
+    assert {tag: [e[0] for e in events] for tag, events in ok.items()} == {
+        "fv/a": [0, 5, 10],
+        "fv/b": [0, 5, 10],
+        "fv/all": [0, 5, 10],
+        "fv/timeline": [10],
+    }
+    assert sorted(p.name for p in (tmp_path / "run" / "fv").iterdir()) == [
+        "epoch_000",
+        "epoch_001",
+        "epoch_002",
+        "timeline.png",
     ]
 
 

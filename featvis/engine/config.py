@@ -40,7 +40,9 @@ class RenderConfig:
         image_size: side length of the (square) images in pixels, or their ``(height, width)``; None takes it
             from the data or the model (the callback), else 32.
         parameterisation: ``"fourier"`` (1/f-scaled spectrum) or ``"pixel"``.
-        decorrelate: optimise colours in the data's decorrelated basis (True) or per RGB channel.
+        decorrelate: optimise colours in the data's decorrelated basis (True) or per RGB channel. The basis is
+            the ``colour`` transform of :func:`render`, or its ``basis`` when one is given (a whitening fitted
+            to the training pixels, e.g. by the callback for a model trained on plain normalised RGB).
         decay: exponent of the Fourier ``1 / f`` scaling.
         init_std: standard deviation of the random start of the parameters.
         augment: random per-image transforms at every step: True for

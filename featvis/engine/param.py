@@ -6,8 +6,9 @@ An image is produced in three stages:
    turns it into an image ``z`` in a *decorrelated colour basis*.
 2. :class:`ColourSquash` maps ``z`` to RGB in (0, 1): multiply by the colour correlation (the inverse of the data's
    whitening matrix ``W``), add the logit of the data's mean colour and apply a sigmoid. The gain is chosen so
-   that, near the mean colour, ``z`` equals the model-space image to first order; the sigmoid then keeps every
-   colour inside the RGB cube, so nothing has to be clipped at display time.
+   that, near the mean colour, ``z`` equals the whitened image to first order; the sigmoid then keeps every
+   colour inside the RGB cube, so nothing has to be clipped at display time. The whitening is the model's own
+   colour transform, or a separate colour basis fitted to the data when the model's is a plain normalisation.
 3. The renderer applies its random transforms to the RGB images, then ``colour.to_model(rgb)`` gives exactly the
    kind of input the classifier was trained on.
 """
@@ -243,20 +244,26 @@ def make_image_param(
 class ColourSquash:
     """Maps images in the decorrelated colour basis to RGB in (0, 1) and to model space.
 
-    ``rgb = sigmoid(logit(mean) + (z @ C) / (mean * (1 - mean)))`` per pixel, where ``C`` is the colour
-    correlation: ``colour.inverse`` (the inverse of the whitening matrix ``W``) when ``decorrelate`` is set, else
-    the diagonal matrix of the per-channel colour standard deviations (no mixing between channels). Dividing by the
-    sigmoid's slope at the mean colour makes ``colour.to_model(rgb) == z`` to first order around the mean, so ``z``
-    lives in the basis the model was trained in and a unit of ``z`` is one standard deviation of real colours.
+    ``rgb = sigmoid(logit(mean) + (z @ C) / (mean * (1 - mean)))`` per pixel, where ``mean`` is the basis's mean
+    colour and ``C`` the colour correlation: ``basis.inverse`` (the inverse of the whitening matrix ``W``) when
+    ``decorrelate`` is set, else the diagonal matrix of the per-channel colour standard deviations (no mixing
+    between channels). Dividing by the sigmoid's slope at the mean colour makes ``basis.to_model(rgb) == z`` to
+    first order around the mean, so a unit of ``z`` is one standard deviation of real colours.
+
+    The basis is ``colour`` itself unless ``basis`` is given: a model trained on plain mean/std-normalised RGB
+    (or on raw RGB) takes ``colour`` as its input space, but optimising in that per-channel space gives garish
+    colours, so such a render optimises in a whitening fitted to the training pixels (``basis``) while
+    :meth:`to_model` still feeds the model its own input space.
 
     The colour tensors are copied (so tensors made under ``torch.inference_mode`` can still enter autograd) and
     moved to ``device`` and ``dtype``.
 
     Args:
-        colour: the data's colour transform.
+        colour: the model's colour transform (RGB in [0, 1] to its input space).
         decorrelate: optimise in the decorrelated basis (True) or per RGB channel (False).
         device: device of the images.
         dtype: floating dtype of the images.
+        basis: the colour transform whose mean and correlation ``z`` is expressed in; None uses ``colour``.
     """
 
     def __init__(
@@ -265,13 +272,17 @@ class ColourSquash:
         decorrelate: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
+        *,
+        basis: ColourTransform | None = None,
     ) -> None:
         self.colour = colour.copy(device, dtype)
-        inverse = self.colour.inverse
+        # The same tensors as ``colour`` when no basis is given, so such renders stay bit for bit as before.
+        self.basis = self.colour if basis is None else basis.copy(device, dtype)
+        inverse = self.basis.inverse
         if not decorrelate:
             # Per-channel standard deviation of the data: column norms of W^-1 (cov = W^-T W^-1).
             inverse = torch.diag(inverse.norm(dim=0))
-        clamped = self.colour.mean.clamp(_MEAN_CLAMP, 1 - _MEAN_CLAMP)
+        clamped = self.basis.mean.clamp(_MEAN_CLAMP, 1 - _MEAN_CLAMP)
         self.correlation = inverse / (clamped * (1 - clamped)).view(1, 3)
         self.offset = torch.logit(clamped).view(1, 3, 1, 1)
 

@@ -87,6 +87,7 @@ def render(
     *,
     config: RenderConfig = _DEFAULTS,
     colour: ColourTransform | None = None,
+    basis: ColourTransform | None = None,
     class_names: Sequence[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
     **overrides: Any,
@@ -99,6 +100,11 @@ def render(
         config: the render settings (see :class:`RenderConfig`).
         colour: the data's colour transform (RGB in [0, 1] to model space); None takes ``model.colour`` when the
             model has one (a ``ClassifierModule``), else the identity.
+        basis: the colour basis the images are optimised in (its mean colour and decorrelation, see
+            ``config.decorrelate``) when it differs from the model's input space ``colour``: e.g. a whitening
+            fitted to the training pixels (``ColourTransform.from_pixels``) for a model trained on plain
+            mean/std-normalised RGB. The model is still fed ``colour.to_model(rgb)``. None optimises in
+            ``colour`` itself.
         class_names: captions of class targets; None takes ``model.class_names`` when present.
         progress: called as ``progress(done_steps, total_steps)`` after every step (e.g. a progress bar).
         **overrides: settings that replace those of ``config``, e.g. ``steps=32``.
@@ -141,7 +147,7 @@ def render(
 
     # Lightning validates under inference mode and no_grad; rendering needs autograd regardless.
     with torch.inference_mode(False), torch.enable_grad(), preserved_modes(model):
-        squash = ColourSquash(colour, config.decorrelate, device, dtype)
+        squash = ColourSquash(colour, config.decorrelate, device, dtype, basis=basis)
         explicit = targets is not None
         objectives = _collect_targets(targets, class_names)
         layers = set().union(*(o.layers for o in objectives)) if objectives else set()

@@ -106,3 +106,20 @@ def test_without_decorrelation_channels_do_not_mix() -> None:
     red_only[:, 0] = 0.5
     moved = squash.to_rgb(red_only) - squash.to_rgb(torch.zeros(1, 3, 2, 2))
     assert moved[:, 0].abs().min().item() > 0 and moved[:, 1:].abs().max().item() == 0
+
+
+def test_colour_squash_optimises_in_the_basis_and_feeds_the_model_its_own_space() -> None:
+    normalisation = ColourTransform.from_normalisation([0.4, 0.5, 0.6], [0.2, 0.25, 0.3])
+    basis = _colour()
+    squash = ColourSquash(normalisation, decorrelate=True, basis=basis)
+    z = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(3)) * 1e-3
+    rgb = squash.to_rgb(z)
+    assert torch.allclose(basis.to_model(rgb), z, atol=1e-6, rtol=1e-2)  # z is in the basis to first order
+    assert torch.equal(squash.to_model(rgb), normalisation.to_model(rgb))  # the model gets its own space
+    zero = squash.to_rgb(torch.zeros(1, 3, 1, 1)).flatten()
+    assert torch.allclose(zero, basis.mean, atol=1e-6)  # the start is the basis's mean colour
+    assert not torch.allclose(zero, normalisation.mean, atol=1e-3)
+    # Without a basis, or with the colour transform itself as basis: the same tensors, bit for bit.
+    plain, same = ColourSquash(normalisation), ColourSquash(normalisation, basis=normalisation)
+    assert torch.equal(plain.correlation, same.correlation) and torch.equal(plain.offset, same.offset)
+    assert not torch.allclose(plain.correlation, squash.correlation)

@@ -353,3 +353,15 @@ def test_engine_sources_never_import_lightning_or_global_random_sources() -> Non
             name.split(".")[0] in {"lightning", "pytorch_lightning", "random"} for name in imported
         ), path
         assert "np.random" not in path.read_text() and "torch.manual_seed" not in path.read_text(), path
+
+
+def test_a_basis_changes_the_optimisation_space_but_not_the_model_input_space() -> None:
+    normalisation = ColourTransform.from_normalisation([0.4, 0.5, 0.6], [0.2, 0.25, 0.3])
+    plain = render(TinyNet(), colour=normalisation, **FAST)
+    assert torch.equal(render(TinyNet(), colour=normalisation, basis=normalisation, **FAST).rgb, plain.rgb)
+    whitened = render(TinyNet(), colour=normalisation, basis=_colour(), **FAST)
+    assert not torch.allclose(whitened.rgb, plain.rgb, atol=1e-3)
+    flat = whitened.rgb.reshape(-1, 3, 16, 16)
+    assert torch.allclose(
+        whitened.model_input.reshape(-1, 3, 16, 16), normalisation.to_model(flat), atol=1e-5
+    )
