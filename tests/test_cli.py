@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from featvis import CIFARDataModule, FeatureVisCallback, RenderConfig
 from featvis.cli import FeatvisCLI, main
+from featvis.engine import resolve_autocast
 from featvis.model import ClassifierModule, load_classifier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,8 +85,10 @@ def test_fit_validate_test_on_synthetic_data(cifar_dir: Path, tmp_path: Path) ->
     assert len(scalars["train/loss"]) == 100 // 16 and all(v > 0 for v in scalars["train/loss"])
     fit_val_acc = float(cli.trainer.callback_metrics["val/acc"])
     assert fit_val_acc == pytest.approx(scalars["val/acc"][0], abs=1e-6)
-    # The config was applied: bf16 autocast, the default network, and the linked number of classes.
-    assert cli.trainer.precision == "bf16-mixed"
+    # The config was applied: bf16 autocast (float32 where the CPU would emulate bf16), the default network, and
+    # the linked number of classes.
+    fast_bf16 = resolve_autocast("auto", torch.device("cpu"), torch.float32) is not None
+    assert cli.trainer.precision == ("bf16-mixed" if fast_bf16 or torch.cuda.is_available() else "32-true")
     assert cli.model.hparams.network == "speednet" and cli.model.hparams.num_classes == 10
     config = yaml.safe_load(Path(CONFIG).read_text())
     for key in ("lr", "widths", "tta", "bias_lr_scale"):
@@ -411,3 +414,24 @@ def test_overlay_configs_change_only_what_they_name(
     # The merged model section builds (its values pass ClassifierModule's checks).
     model = ClassifierModule(**merged["model"])
     assert model.hparams.widths == expected["widths"]
+
+
+@pytest.mark.parametrize(("fast_bf16", "expected"), [(False, "32-true"), (True, "bf16-mixed")])
+def test_bf16_config_trains_in_float32_on_a_cpu_without_native_bf16(
+    cifar_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fast_bf16: bool, expected: str
+) -> None:
+    import featvis.engine.config as config_module
+
+    monkeypatch.setattr(config_module, "_cpu_has_fast_bf16", lambda: fast_bf16)
+    args = [
+        *_common(cifar_dir, tmp_path / "logs"),
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.max_epochs",
+        "1",
+    ]
+    cli = FeatvisCLI(
+        ClassifierModule, CIFARDataModule, args=args, run=False, parser_kwargs={"prog": "featvis"}
+    )
+    assert cli.config["trainer"]["precision"] == expected
+    assert cli.trainer.precision == expected

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import torch
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
@@ -27,7 +28,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from featvis.callback import FeatureVisCallback
 from featvis.data import CIFARDataModule
-from featvis.engine import RenderConfig
+from featvis.engine import RenderConfig, resolve_autocast
 from featvis.model import ClassifierModule
 
 _DESCRIPTION = (
@@ -83,6 +84,7 @@ class FeatvisCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         _check_listed_callbacks(config)
+        _cpu_precision(config)
         if self.subcommand == "fit":
             _continue_run_folder(config)
 
@@ -243,6 +245,26 @@ def _class_of(entry: object) -> type | None:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
         return None
+
+
+def _cpu_precision(config: Namespace) -> None:
+    """Train in float32 instead of bf16 on a CPU without native bf16 (e.g. AVX2 only), where bf16 is emulated.
+
+    ``configs/cifar10.yaml`` asks for ``bf16-mixed``, the fast path on CUDA and on CPUs with AVX-512 bf16 or AMX;
+    on other CPUs the same setting makes every convolution an emulated one, many times slower than float32.
+    """
+    trainer = config.get("trainer")
+    if trainer is None or str(trainer.get("precision")) not in ("bf16-mixed", "bf16", "bf16-true"):
+        return
+    accelerator = str(trainer.get("accelerator", "auto"))
+    if accelerator not in ("cpu", "auto") or (accelerator == "auto" and torch.cuda.is_available()):
+        return
+    if resolve_autocast("auto", torch.device("cpu"), torch.float32) is None:
+        trainer["precision"] = "32-true"
+        rank_zero_info(
+            "featvis: this CPU has no native bf16 (it would be emulated, many times slower), so training runs in "
+            "float32 (trainer.precision 32-true)."
+        )
 
 
 def _checkpoint_step(path: Path) -> int | None:
