@@ -74,10 +74,13 @@ def test_file_and_non_empty_folder_are_refused(tmp_path) -> None:
 def test_current_directory_and_its_ancestors_are_refused(tmp_path, monkeypatch) -> None:
     work = tmp_path / "work" / "sub"
     work.mkdir(parents=True)
+    (work / "mine.txt").write_bytes(b"user data")
     monkeypatch.chdir(work)
     for out in (".", "..", str(tmp_path), "/"):
         for overwrite in (False, True):
-            _refused(Path(out), overwrite, "current directory or one of its ancestors")
+            message = _refused(Path(out), overwrite, "current directory or one of its ancestors")
+            assert message.startswith(f"output folder {out} ")
+    assert _snapshot(tmp_path) == {"work": None, "work/sub": None, "work/sub/mine.txt": b"user data"}
 
 
 def test_folder_holding_a_protected_path_is_refused_at_any_depth(tmp_path) -> None:
@@ -136,7 +139,8 @@ def test_read_manifest_adds_the_parents_of_listed_files(tmp_path) -> None:
 def test_symlinked_destination_is_refused(tmp_path) -> None:
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
-    _refused(tmp_path / "link", True, "symbolic link")
+    assert "symbolic link" in _refused(tmp_path / "link", True)
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "real").is_dir()
 
 
 def test_unwritable_parents_are_refused_without_leaving_folders(tmp_path) -> None:
@@ -154,7 +158,8 @@ def test_read_only_parent_is_refused(tmp_path) -> None:
     parent.mkdir()
     parent.chmod(0o555)
     try:
-        _refused(parent / "out", False, "not writable")
+        assert "not writable" in _refused(parent / "out", False)
+        assert list(parent.iterdir()) == []
     finally:
         parent.chmod(0o755)
 
