@@ -6,7 +6,9 @@ LightningModule on plain normalised RGB has at most ``normalization_mean``/``nor
 RGB channel gives garish colours, and the identity unreadable noise. :class:`LearnedBasis` then fits a Cholesky
 whitening (:meth:`ColourTransform.from_pixels`) to the images the run trains on, mapped back to RGB through the
 model's input space, once per run; the render optimises in that basis while the model is still fed its own input
-space (``render(..., colour=<input space>, basis=<fitted whitening>)``). The fit is saved in the callback's
+space (``render(..., colour=<input space>, basis=<fitted whitening>)``). Any input space works
+(:data:`featvis.colour.InputSpace`): its ``to_rgb`` maps the training images back, and for a 1-channel (grayscale)
+space the images, and so the basis, are grey: one mean and one standard deviation. The fit is saved in the callback's
 checkpoint state, so a resumed run renders in the same basis without fitting again.
 
 Which data, and why: the run's own training dataloader (``trainer.train_dataloader``), read once, before the
@@ -35,7 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset, Subset
 
-from featvis.colour import ColourTransform
+from featvis.colour import ColourTransform, InputSpace
 from featvis.engine import fork_rng
 
 #: Most training images read for the fit: plenty for a stable 3x3 colour covariance. Reading and fitting 10,000
@@ -70,7 +72,7 @@ class LearnedBasis:
         self._tried = False  # fit at most once per run, even if it found nothing to fit
 
     def get(
-        self, trainer: Any, pl_module: nn.Module, normalisation: ColourTransform | None
+        self, trainer: Any, pl_module: nn.Module, normalisation: InputSpace | None
     ) -> ColourTransform | None:
         """The basis to render ``pl_module`` in: None when the data or model has its own colour transform.
 
@@ -81,7 +83,8 @@ class LearnedBasis:
             trainer: the Lightning trainer; None outside a run (then only a fitted or restored basis is used).
             pl_module: the model.
             normalisation: the model's input space as the callback was told it (``normalization_mean``/
-                ``normalization_std``); None means the model takes RGB in [0, 1].
+                ``normalization_std`` or an input convention's ``space()``); None means the model takes RGB in
+                [0, 1].
         """
         if ColourTransform.find(getattr(trainer, "datamodule", None), pl_module) is not None:
             return None  # the data's own colour transform is already the basis: renders stay as they were
@@ -97,14 +100,16 @@ class LearnedBasis:
         return self.transform
 
     def _fit(
-        self, loader: DataLoader, pl_module: nn.Module, normalisation: ColourTransform | None
+        self, loader: DataLoader, pl_module: nn.Module, normalisation: InputSpace | None
     ) -> ColourTransform | None:
         start = time.perf_counter()
         colour = normalisation if normalisation is not None else ColourTransform.identity()
         with forked_random_states(pl_module):
             rgb = read_training_images(loader, colour, self.max_images)
         if rgb is None:
-            message = "the training batches hold no (N, 3, H, W) image tensor"
+            message = (
+                f"the training batches hold no (N, {colour.channels}, H, W) image tensor for the input space"
+            )
             self.warn("basis", f"FeatureVisCallback: no colour basis learned: {message}.", info=True)
             return None
         try:
@@ -114,14 +119,12 @@ class LearnedBasis:
             return None
         problem = range_problem(rgb, basis)
         if problem is not None:
-            through = (
-                "normalization_mean/normalization_std" if normalisation is not None else "no normalisation"
-            )
+            through = "the input convention" if normalisation is not None else "no normalisation"
             self.warn(
                 "basis_range",
                 f"FeatureVisCallback: the training images mapped back to RGB through {through} do not look like "
                 f"RGB in [0, 1] ({problem}); pass the normalization_mean/normalization_std that the data loader "
-                "applies (in [0, 1] RGB units), or the renders' colours will be off.",
+                "applies (in [0, 1] RGB units) or the matching input_convention, or the renders' colours will be off.",
             )
         self.warn(
             "basis",
@@ -140,14 +143,14 @@ class LearnedBasis:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the basis saved by :meth:`state_dict`; without one (an older checkpoint) it is fitted anew."""
         if all(f"basis_{key}" in state for key in _KEYS):
-            transform = ColourTransform.identity()
+            transform = ColourTransform.identity(len(state["basis_mean"]))
             # The saved buffers bit for bit (the inverse is not recomputed), so renders come out identical.
             transform.load_state_dict({key: state[f"basis_{key}"] for key in _KEYS})
             self.transform = transform
 
 
 def read_training_images(
-    loader: DataLoader, colour: ColourTransform, max_images: int = MAX_IMAGES
+    loader: DataLoader, colour: InputSpace, max_images: int = MAX_IMAGES
 ) -> Tensor | None:
     """Up to ``max_images`` training images of ``loader``'s dataset, mapped back to RGB through ``colour``.
 
@@ -157,13 +160,14 @@ def read_training_images(
     pixels. The caller forks the global random states (see :func:`forked_random_states`).
 
     Args:
-        loader: the run's training dataloader; its batches hold model-space images ``(N, 3, H, W)``, alone or
-            as the first such tensor of a tuple, list or dict.
-        colour: the model's input space (RGB in [0, 1] to model space).
+        loader: the run's training dataloader; its batches hold model-space images ``(N, C, H, W)`` with the
+            input space's C channels, alone or as the first such tensor of a tuple, list or dict.
+        colour: the model's input space (RGB in [0, 1], or grey for a 1-channel space, to model space).
         max_images: most images to read.
 
     Returns:
-        ``(N, 3, h, w)`` float32 RGB images on the CPU (not clipped), or None when no batch holds images.
+        ``(N, C, h, w)`` float32 images on the CPU (not clipped): RGB, or grey for a 1-channel space; None when no
+        batch holds images.
     """
     dataset = loader.dataset
     if not isinstance(dataset, IterableDataset) and hasattr(dataset, "__len__"):
@@ -183,7 +187,7 @@ def read_training_images(
     parts: list[Tensor] = []
     read = 0
     for batch in private:
-        images = _images_in(batch)
+        images = _images_in(batch, colour.channels)
         if images is None:
             break
         images = images[: max_images - read].detach().to("cpu", torch.float32)
@@ -199,7 +203,7 @@ def range_problem(rgb: Tensor, basis: ColourTransform) -> str | None:
     """Why ``rgb`` (training images mapped back to RGB) cannot be RGB in [0, 1], or None when it can.
 
     Args:
-        rgb: ``(N, 3, H, W)`` images.
+        rgb: ``(N, C, H, W)`` images, RGB or grey.
         basis: the whitening fitted to them (its inverse holds their colour standard deviations).
     """
     low, high = _FAR
@@ -243,11 +247,12 @@ def _first_loader(loaders: object) -> DataLoader | None:
     return loaders if isinstance(loaders, DataLoader) else None
 
 
-def _images_in(batch: object) -> Tensor | None:
-    """The batch itself if it is an ``(N, 3, H, W)`` tensor, else the first such entry of a tuple, list or dict."""
+def _images_in(batch: object, channels: int = 3) -> Tensor | None:
+    """The batch itself if it is an ``(N, channels, H, W)`` tensor, else the first such entry of a tuple, list or
+    dict."""
     entries = list(batch.values()) if isinstance(batch, Mapping) else batch
     for entry in entries if isinstance(entries, list | tuple) else [entries]:
-        if isinstance(entry, Tensor) and entry.ndim == 4 and entry.shape[1] == 3:
+        if isinstance(entry, Tensor) and entry.ndim == 4 and entry.shape[1] == channels:
             return entry
     return None
 

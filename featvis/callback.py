@@ -16,26 +16,28 @@ with the torch, Python and NumPy random states restored).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch import Tensor, nn
+from torch import nn
 
 from featvis.basis import LearnedBasis
-from featvis.colour import ColourTransform
+from featvis.colour import ColourTransform, InputConvention, InputSpace
 from featvis.engine import RenderConfig, class_names_of, device_and_dtype, fork_rng, render, resolve_layer
 from featvis.engine.checks import check_bool, check_int
 from featvis.outputs import RenderOutputs, Timeline, WarnOnce
-from featvis.quality import RGBInput, reference_spectrum, score_render
+from featvis.scoring import RunScorer
 from featvis.targets import Target, TargetSpec, image_size_of
 
 _STATE_FORMAT = 1
 _NO_COLOUR = (
     "FeatureVisCallback: neither the datamodule nor the LightningModule has a `colour` transform, so the model is "
-    "assumed to take RGB in [0, 1]; pass normalization_mean/normalization_std if its inputs are normalised."
+    "assumed to take RGB in [0, 1]; pass normalization_mean/normalization_std (or input_convention) if its "
+    "inputs are normalised."
 )
 
 
@@ -57,12 +59,15 @@ class FeatureVisCallback(Callback):
     ``timeline.png``. A resumed run first deletes the epoch folders featvis wrote that its checkpoint does not
     cover (a killed run's last render), so the PNGs match the checkpoint and the logs.
 
-    The colour space comes from ``normalization_mean``/``normalization_std``, else the datamodule's or the
-    LightningModule's ``colour``, else plain RGB in [0, 1]; without a ``colour``, images are optimised in a basis
-    whitened from the training images (:mod:`featvis.basis`, saved in checkpoints) while the model still gets its
-    own input space. The image size comes from ``config.image_size``, the datamodule's or module's
-    ``image_size`` or ``example_input_array``, else 32; class names from the datamodule's ``classes``, else the
-    module's ``class_names``, else the indices.
+    The model's input space comes from ``input_convention`` (or its shortcut ``normalization_mean``/
+    ``normalization_std``), else the datamodule's or the LightningModule's ``colour``, else plain RGB in [0, 1].
+    Without a ``colour`` of the run's own, images are optimised in a colour basis whitened from the training
+    images (:mod:`featvis.basis`, saved in checkpoints; ``learn_basis=False`` optimises per input channel) while
+    the model still gets its own input space. The image size comes from ``config.image_size``, the datamodule's
+    or module's ``image_size`` or ``example_input_array``, else 32; class names from the datamodule's
+    ``classes``, else the module's ``class_names``, else the indices. The checkpoint state keeps the input
+    convention, the basis, the image size, the class names and the render settings, so ``featvis render
+    --model-class`` renders a checkpoint of any LightningModule as the run did.
 
     Args:
         every_n_epochs: render at the end of every n-th training epoch (epochs counted from 1).
@@ -76,6 +81,11 @@ class FeatureVisCallback(Callback):
         normalization_mean: RGB mean of an ordinary ``(rgb - mean) / std`` input normalisation, 3 values in
             [0, 1] units; use with ``normalization_std`` for models that have no colour transform of their own.
         normalization_std: RGB standard deviation of that normalisation, 3 positive values.
+        input_convention: how the model's input relates to RGB in [0, 1] when it is not a plain normalisation:
+            a [0, 255] range, BGR order, a grayscale (1-channel) model or any invertible callable pair (see
+            ``InputConvention``); not together with ``normalization_mean``/``normalization_std``.
+        learn_basis: without a colour transform of the run's own, optimise in a colour basis whitened from the
+            training images (natural colours); False optimises per input channel.
         display_scale: nearest-neighbour upsampling factor of the logged images; None picks ``128 // size``.
         render_before_training: render once before the first training epoch (step 0).
         save_png: write the PNG files and the timeline PNG.
@@ -101,6 +111,8 @@ class FeatureVisCallback(Callback):
         config: RenderConfig | None = None,
         normalization_mean: list[float] | None = None,
         normalization_std: list[float] | None = None,
+        input_convention: InputConvention | None = None,
+        learn_basis: bool = True,
         display_scale: int | None = None,
         render_before_training: bool = True,
         save_png: bool = True,
@@ -114,27 +126,30 @@ class FeatureVisCallback(Callback):
         self.targets, self.layer, self.channels, self.neuron = targets, layer, channels, neuron
         if (normalization_mean is None) != (normalization_std is None):
             raise ValueError("normalization_mean and normalization_std must be given together.")
-        self.colour = None
+        if normalization_mean is not None and input_convention is not None:
+            raise ValueError(
+                "pass either input_convention or normalization_mean/normalization_std, not both."
+            )
         if normalization_mean is not None and normalization_std is not None:
             try:
-                self.colour = ColourTransform.from_normalisation(normalization_mean, normalization_std)
+                input_convention = InputConvention(mean=normalization_mean, std=normalization_std)
             except ValueError as err:
                 raise ValueError(f"normalization_mean/normalization_std: {err}") from err
-        if reference_model is not None and not isinstance(reference_model, str | Path | nn.Module):
-            raise ValueError(
-                f"reference_model must be a checkpoint path or an nn.Module, got {reference_model!r}."
-            )
+        self.convention = input_convention
+        self.space: InputSpace | None = input_convention.space() if input_convention is not None else None
         self.config = config if config is not None else RenderConfig()
         self.render_before_training = check_bool("render_before_training", render_before_training)
-        self.metrics = check_bool("metrics", metrics)
-        self.reference_model, self.prefix = reference_model, prefix
+        self.learn_basis = check_bool("learn_basis", learn_basis)
+        self.prefix = prefix
         self._warn = WarnOnce()
+        self._scorer = RunScorer(
+            check_bool("metrics", metrics), reference_model, self.config.seed, self._warn
+        )
         self._outputs = RenderOutputs(prefix, save_png, display_scale, self._warn)
         self._targets: list[Target] | None = None  # resolved at the first render
-        self._reference: nn.Module | None = None
-        self._spectrum: Tensor | None = None
         self._timeline = Timeline(self._warn)  # saved in checkpoints, so a resumed run continues it
         self._basis = LearnedBasis(self._warn)  # saved in checkpoints too: a resumed run keeps its colours
+        self._run: dict[str, Any] = {}  # image size and class names as rendered, for `featvis render`
         self._resumed = False  # set by load_state_dict: prune the PNG folders the checkpoint does not cover
 
     # ------------------------------------------------------------------ Lightning plumbing
@@ -152,7 +167,10 @@ class FeatureVisCallback(Callback):
     def state_dict(self) -> dict[str, Any]:
         tags = [t.tag for t in self._targets] if self._targets is not None else None
         state = {"format": _STATE_FORMAT, "seed": self.config.seed, "every_n_epochs": self.every_n_epochs}
-        return state | self._timeline.state_dict(tags) | self._basis.state_dict()
+        # What `featvis render --model-class` needs to render this checkpoint as the run did.
+        convention = self.convention.to_state() if self.convention is not None else None
+        run = {"convention": convention, "settings": _plain_settings(self.config)} | self._run
+        return state | self._timeline.state_dict(tags) | self._basis.state_dict() | {"render": run}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("format") != _STATE_FORMAT:
@@ -174,12 +192,7 @@ class FeatureVisCallback(Callback):
             if name is not None:
                 resolve_layer(pl_module, name)  # unknown layer -> ValueError naming the closest layers
         self._targets_for(trainer, pl_module)  # bad classes, channels or layers fail now, not after an epoch
-        if isinstance(self.reference_model, str | Path):
-            from featvis.model import load_classifier
-
-            self._reference = load_classifier(str(self.reference_model))
-        elif isinstance(self.reference_model, nn.Module):
-            self._reference = self.reference_model
+        self._scorer.setup()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._resumed and not self._skip(trainer):  # before any render: a killed run's last PNGs go
@@ -251,7 +264,7 @@ class FeatureVisCallback(Callback):
                 per_rank, k * (3 * height * width + 2) + 1, device=device_and_dtype(pl_module)[0]
             )
             # Collective under DDP (rank 0 fits, the others take its basis): every rank calls it.
-            basis = self._basis.get(trainer, pl_module, self.colour)
+            basis = self._basis.get(trainer, pl_module, self.space) if self.learn_basis else None
             if mine:
                 colour, objectives = self._colour(trainer, pl_module), [t.objective for t in mine]
                 result = render(pl_module, objectives, config=config, colour=colour, basis=basis)
@@ -288,63 +301,44 @@ class FeatureVisCallback(Callback):
         values = {"objective": float(result["values"].nanmean()), "render_seconds": float(result["seconds"])}
         if bool(torch.isfinite(result["probs"]).any()):
             values["target_prob"] = float(result["probs"].nanmean())
-        if self.metrics or self._reference is not None:
+        if self._scorer.active:
+            classes = [t.class_index for t in self._targets or []]
+            datamodule = getattr(trainer, "datamodule", None)
             colour = self._colour(trainer, pl_module)
-            references = None
-            if self._reference is not None:  # in the reference's own colour transform if it has one
-                own = ColourTransform.find(self._reference) or colour
-                references = {"reference": RGBInput(self._reference, own)}
-            with torch.inference_mode(False), torch.no_grad(), fork_rng(pl_module):
-                report = score_render(
-                    result["rgb"],
-                    [t.class_index for t in self._targets or []],
-                    model=RGBInput(pl_module, colour) if self.metrics else None,
-                    spectrum=self._spectrum_for(trainer, result["rgb"].shape[-1]) if self.metrics else None,
-                    references=references,
-                    robustness_repeats=4,
-                    seed=self.config.seed + 1,  # fresh transforms: the render's own seed differs
-                )
-            for metric, reason in report.skipped.items():
-                self._warn(metric, f"FeatureVisCallback: no {metric} metric ({reason})")
-            values |= {key: value for key, value in report.scores.items() if "/" not in key}
-            if "transfer_accuracy" in values:  # the scalar's name since the first release
-                values["transfer_acc"] = values.pop("transfer_accuracy")
+            values |= self._scorer.scores(result["rgb"], classes, pl_module, colour, datamodule)
         return {f"{self.prefix}/{key}": value for key, value in values.items()}
 
     # ------------------------------------------------------------------ what, in which colours, at which size
 
     def _targets_for(self, trainer: pl.Trainer | None, pl_module: nn.Module) -> list[Target]:
         if self._targets is None:
-            names = class_names_of(getattr(trainer, "datamodule", None), pl_module)
-            self._targets = self.spec.resolve(pl_module, self._size(trainer, pl_module), names)
+            names, size = (
+                class_names_of(getattr(trainer, "datamodule", None), pl_module),
+                self._size(trainer, pl_module),
+            )
+            self._targets = self.spec.resolve(pl_module, size, names)
+            self._run = {"class_names": list(names) if names else None, "image_size": size}
         return self._targets
 
-    def _colour(self, trainer: pl.Trainer | None, pl_module: nn.Module) -> ColourTransform:
-        colour = self.colour or ColourTransform.find(getattr(trainer, "datamodule", None), pl_module)
+    def _colour(self, trainer: pl.Trainer | None, pl_module: nn.Module) -> InputSpace:
+        colour = self.space or ColourTransform.find(getattr(trainer, "datamodule", None), pl_module)
         if colour is None:
             self._warn("colour", _NO_COLOUR)
         return colour or ColourTransform.identity()
-
-    def _spectrum_for(self, trainer: pl.Trainer, size: int) -> Tensor | None:
-        if self._spectrum is None:  # computed once per run
-            self._spectrum = _train_spectrum(getattr(trainer, "datamodule", None), size, self._warn)
-        return self._spectrum if self._spectrum.numel() else None
 
     def _size(self, trainer: pl.Trainer | None, pl_module: nn.Module) -> int | tuple[int, int]:
         declared = image_size_of(getattr(trainer, "datamodule", None), pl_module)
         return self.config.image_size or declared or 32
 
 
-def _train_spectrum(datamodule: Any, size: int, warn: WarnOnce) -> Tensor:
-    """Radial log spectrum of (up to 5,000 evenly spaced) training images; empty without them."""
-    split = getattr(datamodule, "split", None)
-    images = split("train")[0] if callable(split) else None
-    if images is not None and images.ndim == 4 and images.shape[1] == 3 and images.shape[-2:] == (size, size):
-        return reference_spectrum(images, size, max_images=5000)
-    shape = "none" if images is None else tuple(images.shape[1:])
-    message = f"training images: {shape}; renders: {size} px; it needs a datamodule with split('train')"
-    warn("spectrum", f"FeatureVisCallback: no spectral_gap ({message}).", info=True)
-    return torch.empty(0)
+def _plain_settings(config: RenderConfig) -> dict[str, Any]:
+    """The render settings that a checkpoint can hold as plain values (not transforms or optimiser factories)."""
+    values = {field.name: getattr(config, field.name) for field in dataclasses.fields(config)}
+    return {
+        name: value
+        for name, value in values.items()
+        if value is None or isinstance(value, bool | int | float | str | tuple)
+    }
 
 
 def _log_dir(trainer: pl.Trainer) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import random
 from collections import OrderedDict
 from pathlib import Path
 
@@ -76,6 +77,38 @@ class TinyClassifier(L.LightningModule):
 
     def val_dataloader(self):
         return DataLoader(self._data(1), batch_size=16)
+
+
+#: The normalisation PlainRGB's data loader applies (an ordinary mean/std one, in [0, 1] RGB units).
+RGB_MEAN, RGB_STD = [0.45, 0.5, 0.55], [0.2, 0.25, 0.3]
+
+
+class _Jittered(TensorDataset):
+    """Images plus a jitter from Python's and NumPy's global generators, as augmentations draw them."""
+
+    def __getitem__(self, index):
+        image, label = super().__getitem__(index)
+        return image + 1e-3 * (random.random() + float(np.random.rand())), label
+
+
+class PlainRGB(TinyClassifier):
+    """A module with no colour transform, trained on ``(rgb - RGB_MEAN) / RGB_STD`` colour-correlated images."""
+
+    def __init__(self, jitter: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        del self.colour
+        self.jitter = jitter
+
+    def _data(self, seed):
+        g = torch.Generator().manual_seed(seed)
+        labels = torch.randint(0, self.num_classes, (self.samples,), generator=g)
+        grey = 0.5 + 0.15 * torch.randn(
+            self.samples, 1, SIZE, SIZE, generator=g
+        )  # the channels move together
+        rgb = grey.expand(-1, 3, -1, -1) + 0.03 * torch.randn(self.samples, 3, SIZE, SIZE, generator=g)
+        rgb[torch.arange(self.samples), labels % 3] += 0.2  # class = a tint
+        images = ColourTransform.from_normalisation(RGB_MEAN, RGB_STD).to_model(rgb.clamp(0, 1))
+        return (_Jittered if self.jitter else TensorDataset)(images, labels)
 
 
 def make_trainer(root: Path, callbacks=(), epochs: int = 2, logger="tb", version=0, **kwargs) -> L.Trainer:

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from featvis.basis import LearnedBasis, read_training_images
-from featvis.colour import ColourTransform
+from featvis.colour import ColourTransform, InputConvention
 
 MEAN, STD = [0.45, 0.5, 0.55], [0.2, 0.25, 0.3]
 
@@ -218,3 +218,43 @@ def test_under_ddp_rank_zero_fits_and_the_others_take_its_basis() -> None:
         learned = LearnedBasis(Messages())
         got = learned.get(fake_trainer(DataLoader(Unreadable()), rank=1, sent=sent), nn.Linear(1, 1), None)
     assert got is sent
+
+
+def test_a_grayscale_space_learns_a_one_channel_basis_from_grey_batches() -> None:
+    grey = correlated_rgb(60)[:, 1:2]  # (N, 1, H, W) grey levels
+    space = InputConvention(mean=[0.5], std=[0.2], order="L").space()
+    loader = DataLoader(TensorDataset(space.to_model(grey), torch.zeros(60, dtype=torch.long)), batch_size=16)
+    messages = Messages()
+    fitted = LearnedBasis(messages)
+    basis = fitted.get(fake_trainer(loader), nn.Linear(1, 1), space)
+    assert basis is not None and basis.channels == 1 and messages.warnings() == []
+    assert abs(float(basis.mean) - float(grey.mean())) < 1e-5
+    assert abs(float(basis.to_model(grey).double().std(unbiased=False)) - 1) < 1e-4  # whitened grey levels
+    restored = LearnedBasis(Messages())
+    restored.load_state_dict(fitted.state_dict())
+    assert restored.transform is not None and torch.equal(restored.transform.inverse, basis.inverse)
+    # The same grey batches through a 3-channel space hold no (N, 3, H, W) images: nothing is fitted.
+    rgb_space = Messages()
+    assert LearnedBasis(rgb_space).get(fake_trainer(loader), nn.Linear(1, 1), None) is None
+    assert "no (N, 3, H, W) image tensor" in rgb_space.calls[0][1]
+
+
+def _to_model(x: Tensor) -> Tensor:
+    return x * 4 - 2
+
+
+def _to_rgb(x: Tensor) -> Tensor:
+    return (x + 2) / 4
+
+
+def test_a_callable_space_maps_the_training_images_back_with_its_own_inverse() -> None:
+    rgb = correlated_rgb(40)
+    space = InputConvention(to_model=_to_model, to_rgb=_to_rgb).space()
+    loader = DataLoader(TensorDataset(space.to_model(rgb)), batch_size=8)
+    assert torch.allclose(read_training_images(loader, space), rgb, atol=1e-6)
+    basis = LearnedBasis(Messages()).get(fake_trainer(loader), nn.Linear(1, 1), space)
+    assert basis is not None
+    assert torch.allclose(covariance(basis.to_model(rgb)), torch.eye(3, dtype=torch.float64), atol=1e-3)
+    raw = Messages()  # read as if the model took RGB: values in [-2, 2], far outside [0, 1]
+    LearnedBasis(raw).get(fake_trainer(loader), nn.Linear(1, 1), None)
+    assert "outside [-0.25, 1.25]" in raw.warnings()[0]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -13,12 +12,22 @@ import warnings
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import pytest
 import torch
-from helpers import CLASSES, FAST, SIZE, TinyClassifier, make_trainer, png_epochs, read_events, read_scalars
+from helpers import (
+    CLASSES,
+    FAST,
+    RGB_MEAN,
+    RGB_STD,
+    SIZE,
+    PlainRGB,
+    TinyClassifier,
+    make_trainer,
+    png_epochs,
+    read_events,
+    read_scalars,
+)
 from lightning.pytorch.loggers import CSVLogger
-from torch.utils.data import TensorDataset
 
 import featvis.basis
 from featvis import images as img
@@ -526,36 +535,6 @@ def test_tags_and_scalars_are_those_of_the_first_release(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- learned colour basis
-
-RGB_MEAN, RGB_STD = [0.45, 0.5, 0.55], [0.2, 0.25, 0.3]
-
-
-class _Jittered(TensorDataset):
-    """Images plus a jitter from Python's and NumPy's global generators, as augmentations draw them."""
-
-    def __getitem__(self, index):
-        image, label = super().__getitem__(index)
-        return image + 1e-3 * (random.random() + float(np.random.rand())), label
-
-
-class PlainRGB(TinyClassifier):
-    """A module with no colour transform, trained on ``(rgb - RGB_MEAN) / RGB_STD`` colour-correlated images."""
-
-    def __init__(self, jitter: bool = False, **kwargs):
-        super().__init__(**kwargs)
-        del self.colour
-        self.jitter = jitter
-
-    def _data(self, seed):
-        g = torch.Generator().manual_seed(seed)
-        labels = torch.randint(0, self.num_classes, (self.samples,), generator=g)
-        grey = 0.5 + 0.15 * torch.randn(
-            self.samples, 1, SIZE, SIZE, generator=g
-        )  # the channels move together
-        rgb = grey.expand(-1, 3, -1, -1) + 0.03 * torch.randn(self.samples, 3, SIZE, SIZE, generator=g)
-        rgb[torch.arange(self.samples), labels % 3] += 0.2  # class = a tint
-        images = ColourTransform.from_normalisation(RGB_MEAN, RGB_STD).to_model(rgb.clamp(0, 1))
-        return (_Jittered if self.jitter else TensorDataset)(images, labels)
 
 
 def _plain_callback(std: list[float] = RGB_STD) -> FeatureVisCallback:

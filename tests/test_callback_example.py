@@ -44,5 +44,5 @@ def test_resnet18_example_logs_64px_images(tmp_path):
     assert image.shape == (3, 64, 64) and float(image.std()) > 0
     # The callback's colour is the given normalisation: model-space zero is the mean colour.
     callback = next(c for c in trainer.callbacks if type(c).__name__ == "FeatureVisCallback")
-    mean_rgb = callback.colour.to_rgb(torch.zeros(1, 3, 1, 1)).flatten()
+    mean_rgb = callback.space.to_rgb(torch.zeros(1, 3, 1, 1)).flatten()
     assert torch.allclose(mean_rgb, torch.tensor(example.MEAN))

@@ -373,3 +373,69 @@ def test_manifest_lists_exactly_the_written_files(tmp_path, tiny_ckpt) -> None:
     assert manifest["format"] == 1
     assert manifest["files"] == written
     assert written == ["cat/0.png", "cat/1.png", "dog/0.png", "dog/1.png", "grid.png", "metrics.json"]
+
+
+# ---------------------------------------------------------------------------------------------- --model-class
+
+
+def test_model_class_renders_any_lightning_checkpoint_as_its_last_epoch(tmp_path) -> None:
+    """A module that knows nothing of featvis: the CLI's render equals the callback's last-epoch PNGs."""
+    from helpers import FAST, RGB_MEAN, RGB_STD, PlainRGB, make_trainer
+
+    from featvis.callback import FeatureVisCallback
+
+    callback = FeatureVisCallback(
+        normalization_mean=RGB_MEAN, normalization_std=RGB_STD, config=FAST.replace(seed=5)
+    )
+    trainer = make_trainer(tmp_path, [callback], epochs=1, logger=False, enable_checkpointing=False)
+    trainer.fit(PlainRGB())
+    ckpt = tmp_path / "plain.ckpt"
+    trainer.save_checkpoint(ckpt)
+    out = tmp_path / "cli"
+    code = render_main(
+        ["--ckpt", str(ckpt), "--out", str(out), "--model-class", "helpers.PlainRGB", "--quiet"]
+    )
+    assert code == 0
+    epoch = tmp_path / "featvis" / "epoch_001"
+    run_pngs = sorted(p.relative_to(epoch) for p in epoch.rglob("*.png"))
+    assert len(run_pngs) == 3 * FAST.images_per_target  # three classes, as the run rendered them
+    assert sorted(p.relative_to(out) for p in out.rglob("*.png") if p.name != "grid.png") == run_pngs
+    for name in run_pngs:
+        cli, run = load_png(out / name).float(), load_png(epoch / name).float()
+        assert float((cli - run).abs().max()) <= 1.5 / 255, name  # at most one grey level (float rounding)
+    # The learned basis made the difference: without it (per-channel colours) the pictures are other ones.
+    plain = tmp_path / "plain_state.ckpt"
+    checkpoint = torch.load(ckpt, weights_only=False)
+    for state in checkpoint["callbacks"].values():
+        for key in ("basis_mean", "basis_matrix", "basis_inverse"):
+            state.pop(key)
+    torch.save(checkpoint, plain)
+    again = tmp_path / "cli_no_basis"
+    argv = ["--ckpt", str(plain), "--out", str(again), "--model-class", "helpers.PlainRGB", "--quiet"]
+    assert render_main(argv) == 0
+    differs = [
+        float((load_png(again / n).float() - load_png(epoch / n).float()).abs().max()) for n in run_pngs
+    ]
+    assert max(differs) > 0.05
+
+
+@pytest.mark.parametrize(
+    ("model_class", "message"),
+    [
+        ("helpers.NoSuchModule", "--model-class helpers.NoSuchModule cannot be imported"),
+        ("no_such_package.Module", "--model-class no_such_package.Module cannot be imported"),
+        ("torch.nn.Linear", "--model-class torch.nn.Linear is not a LightningModule class"),
+        ("Module", "--model-class Module names no module"),
+    ],
+)
+def test_bad_model_class_exits_2_before_loading(tmp_path, tiny_ckpt, capsys, model_class, message) -> None:
+    code, out = _run(tmp_path, tiny_ckpt, "bad", "--model-class", model_class)
+    assert code == 2 and not out.exists()
+    line = _one_error_line(capsys)
+    assert message in line and "my_pkg.models.MyModule" in line
+
+
+def test_model_class_that_does_not_fit_the_checkpoint_names_the_class(tmp_path, tiny_ckpt, capsys) -> None:
+    code, out = _run(tmp_path, tiny_ckpt, "bad", "--model-class", "helpers.PlainRGB")
+    assert code == 2 and not out.exists()
+    assert f"cannot load checkpoint {tiny_ckpt} as a PlainRGB" in _one_error_line(capsys)

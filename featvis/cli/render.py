@@ -1,5 +1,10 @@
 """``featvis render``: a checkpoint to a folder of PNGs, every check made before any rendering.
 
+Any LightningModule checkpoint renders: a ``ClassifierModule`` by default, another class with ``--model-class``
+(loaded with its ``load_from_checkpoint``). When a ``FeatureVisCallback`` ran in the training, its checkpoint
+state supplies the input convention, the learned colour basis, the image size, the class names and the render
+settings, so the render matches the run's last epoch; flags override the settings.
+
 The settings are :class:`~featvis.engine.RenderConfig`'s, one flag each; targets come from
 :mod:`featvis.targets`, scores from :func:`featvis.quality.score_render`, and the folder is written by
 :func:`featvis.folders.write_folder`, so ``--overwrite`` only ever replaces a folder featvis wrote.
@@ -18,13 +23,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor
+import lightning.pytorch as pl
+from torch import Tensor, nn
 
-from featvis.engine import RenderConfig, RenderResult
+from featvis.basis import LearnedBasis
+from featvis.colour import ColourTransform, InputConvention, InputSpace
+from featvis.engine import RenderConfig, RenderResult, class_names_of
 from featvis.folders import FolderError, check_destination, write_folder
-from featvis.model import ClassifierModule
 from featvis.quality import RGBInput, reference_spectrum, score_render
-from featvis.targets import Target, resolve_targets
+from featvis.targets import Target, image_size_of, resolve_targets
 
 
 class RenderError(Exception):
@@ -34,10 +41,15 @@ class RenderError(Exception):
 def _render_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="featvis render",
-        description="Render feature visualisations of a trained ClassifierModule checkpoint into a folder of PNGs.",
+        description="Render feature visualisations of a trained LightningModule checkpoint into a folder of PNGs.",
     )
     parser.add_argument(
-        "--ckpt", required=True, help="ClassifierModule checkpoint (.ckpt) written by featvis fit."
+        "--ckpt", required=True, help="Lightning checkpoint (.ckpt), e.g. written by featvis fit."
+    )
+    parser.add_argument(
+        "--model-class",
+        help="the checkpoint's LightningModule class as an import path (my_pkg.models.MyModule); "
+        "default: featvis's ClassifierModule.",
     )
     parser.add_argument(
         "--out", required=True, help="output folder: <out>/<target>/<i>.png and <out>/grid.png."
@@ -75,7 +87,8 @@ def _print_progress(done: int, total: int) -> None:
 _LIGHTNING_KEYS = ("pytorch-lightning_version", "state_dict")
 
 
-def _load_checkpoint(path: str, device):
+def _load_checkpoint(path: str, device, model_class: type[pl.LightningModule] | None = None) -> nn.Module:
+    """The checkpoint's module in eval mode: a ClassifierModule, or ``model_class`` via ``load_from_checkpoint``."""
     from featvis.model import load_classifier
 
     file = Path(path)
@@ -90,9 +103,58 @@ def _load_checkpoint(path: str, device):
     if not file.is_file():
         raise RenderError(f"checkpoint {path} is not a regular file; pass the .ckpt written by featvis fit.")
     try:
-        return load_classifier(path, map_location=device)
+        if model_class is None:
+            return load_classifier(path, map_location=device)
+        return model_class.load_from_checkpoint(path, map_location=device).eval()
     except Exception as err:  # a truncated file, a foreign file or a foreign checkpoint
-        raise RenderError(_explain_load_failure(file, err)) from err
+        name = model_class.__name__ if model_class is not None else "ClassifierModule"
+        raise RenderError(_explain_load_failure(file, err, name)) from err
+
+
+def _import_class(path: str) -> type[pl.LightningModule]:
+    """The LightningModule class named by ``--model-class`` (``pkg.module.Class`` or ``pkg.module:Class``)."""
+    import importlib
+
+    module_name, _, name = path.replace(":", ".").rpartition(".")
+    fix = (
+        "pass an import path such as my_pkg.models.MyModule, importable from the current folder or installed"
+    )
+    if not module_name:
+        raise RenderError(f"--model-class {path} names no module; {fix}.")
+    try:
+        found = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as err:
+        raise RenderError(f"--model-class {path} cannot be imported ({err}); {fix}.") from err
+    if not (isinstance(found, type) and issubclass(found, pl.LightningModule)):
+        raise RenderError(f"--model-class {path} is not a LightningModule class; {fix}.")
+    return found
+
+
+def _callback_state(path: str) -> dict[str, Any]:
+    """The FeatureVisCallback state in a checkpoint (the first one, by prefix order); empty without one."""
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # loading the model itself already succeeded; only the callback state is optional
+        return {}
+    states = checkpoint.get("callbacks", {}) if isinstance(checkpoint, dict) else {}
+    found = [value for key, value in sorted(states.items()) if str(key).startswith("FeatureVisCallback")]
+    return next((state for state in found if isinstance(state, dict)), {})
+
+
+def _run_colours(module: nn.Module, state: dict[str, Any]) -> tuple[InputSpace, ColourTransform | None]:
+    """The module's input space and the colour basis the run rendered in (from the callback state)."""
+    colour: InputSpace | None = ColourTransform.find(module)
+    convention = (state.get("render") or {}).get("convention")
+    if colour is None and convention is not None:
+        try:
+            colour = InputConvention.from_state(convention).space()
+        except ValueError as err:
+            raise RenderError(f"the checkpoint's input convention cannot be restored: {err}") from err
+    basis = LearnedBasis(lambda *args, **kwargs: None)
+    basis.load_state_dict(state)
+    return colour or ColourTransform.identity(), basis.transform
 
 
 def _first_line(text: str, limit: int = 160) -> str:
@@ -100,7 +162,7 @@ def _first_line(text: str, limit: int = 160) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def _explain_load_failure(path: Path, err: Exception) -> str:
+def _explain_load_failure(path: Path, err: Exception, class_name: str = "ClassifierModule") -> str:
     """One line saying why ``path`` is not a loadable ClassifierModule checkpoint.
 
     Torch's own messages for foreign files suggest ``weights_only=False`` (unsafe for an unknown file) and
@@ -109,7 +171,8 @@ def _explain_load_failure(path: Path, err: Exception) -> str:
 
     Args:
         path: the checkpoint file.
-        err: what loading it as a ClassifierModule raised.
+        err: what loading it as ``class_name`` raised.
+        class_name: the LightningModule class it was loaded as.
     """
     import torch
 
@@ -132,7 +195,7 @@ def _explain_load_failure(path: Path, err: Exception) -> str:
         what = ", ".join(repr(key) for key in missing)
         return f"cannot load checkpoint {path}: it is not a Lightning checkpoint (it lacks {what}); {fix}"
     return (
-        f"cannot load checkpoint {path} as a ClassifierModule: {type(err).__name__}: "
+        f"cannot load checkpoint {path} as a {class_name}: {type(err).__name__}: "
         f"{_first_line(str(err), 300) or 'no details'}"
     )
 
@@ -195,10 +258,19 @@ def render_main(argv: Sequence[str] | None = None) -> int:
         overrides = {
             name: value for name in _CONFIG_FIELDS if (value := getattr(args, name, None)) is not None
         }
-        config = RenderConfig().replace(**overrides)
+        model_class = _import_class(args.model_class) if args.model_class else None
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        module = _load_checkpoint(args.ckpt, device)
-        class_names = list(module.class_names)
+        module = _load_checkpoint(args.ckpt, device, model_class)
+        state = _callback_state(args.ckpt)
+        run = state.get("render") or {}
+        # The run's own settings (as its callback rendered them) under the flags, so the render matches its last
+        # epoch unless a flag says otherwise.
+        saved = {name: value for name, value in (run.get("settings") or {}).items() if name in _CONFIG_FIELDS}
+        config = RenderConfig().replace(**saved).replace(**overrides)
+        if config.image_size is None:
+            config = config.replace(image_size=run.get("image_size") or image_size_of(module) or 32)
+        colour, basis = _run_colours(module, state)
+        class_names = class_names_of(module) or run.get("class_names")
         targets = resolve_targets(
             module,
             config.size,
@@ -216,10 +288,16 @@ def render_main(argv: Sequence[str] | None = None) -> int:
             module,
             [t.objective for t in targets],
             config=config,
-            colour=module.colour,
+            colour=colour,
+            basis=basis,
+            class_names=class_names,
             progress=None if args.quiet else _print_progress,
         )
-        metrics = _render_metrics(result, targets, module, spectrum, references) if args.metrics else None
+        metrics = (
+            _render_metrics(result, targets, RGBInput(module, colour), spectrum, references)
+            if args.metrics
+            else None
+        )
     except (RenderError, ValueError) as err:  # FolderError and the engine's errors are ValueErrors
         # One line, whatever a wrapped library message looked like.
         print(f"featvis render: error: {' '.join(str(err).split())}", file=sys.stderr)
@@ -259,17 +337,28 @@ def _train_spectrum(data_dir: str, size: tuple[int, int]) -> Tensor:
 def _render_metrics(
     result: RenderResult,
     targets: list[Target],
-    module: ClassifierModule,
+    model: RGBInput,
     spectrum: Tensor | None,
-    references: dict[str, ClassifierModule],
+    references: dict[str, nn.Module],
 ) -> dict[str, float]:
-    """Quality metrics of a render (:func:`featvis.quality.score_render`) for ``metrics.json``."""
+    """Quality metrics of a render (:func:`featvis.quality.score_render`) for ``metrics.json``.
+
+    Args:
+        result: the render.
+        targets: what was rendered.
+        model: the rendered model, seen from RGB.
+        spectrum: the training images' spectrum, or None.
+        references: ClassifierModule checkpoints by name.
+    """
     report = score_render(
         result.rgb,
         [t.class_index for t in targets],
-        model=RGBInput(module, module.colour),
+        model=model,
         spectrum=spectrum,
-        references={name: RGBInput(ref, ref.colour) for name, ref in references.items()},
+        references={
+            name: RGBInput(ref, ColourTransform.find(ref) or ColourTransform.identity())
+            for name, ref in references.items()
+        },
     )
     scores = {key: value for key, value in report.scores.items() if "/" not in key}
     return {"mean_objective": float(result.values.float().mean()), **scores}

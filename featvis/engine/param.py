@@ -3,14 +3,15 @@
 An image is produced in three stages:
 
 1. An :class:`ImageParam` (:class:`FourierImage` or :class:`PixelImage`) holds the optimised leaf tensor and
-   turns it into an image ``z`` in a *decorrelated colour basis*.
-2. :class:`ColourSquash` maps ``z`` to RGB in (0, 1): multiply by the colour correlation (the inverse of the data's
-   whitening matrix ``W``), add the logit of the data's mean colour and apply a sigmoid. The gain is chosen so
-   that, near the mean colour, ``z`` equals the whitened image to first order; the sigmoid then keeps every
+   turns it into an image ``z`` in a *decorrelated colour basis*, with the input space's channels: 3 (RGB), or
+   1 for a grayscale model (then the basis is one-dimensional: the mean and spread of the grey level).
+2. :class:`ColourSquash` maps ``z`` to colours in (0, 1): multiply by the colour correlation (the inverse of the
+   data's whitening matrix ``W``), add the logit of the data's mean colour and apply a sigmoid. The gain is chosen
+   so that, near the mean colour, ``z`` equals the whitened image to first order; the sigmoid then keeps every
    colour inside the RGB cube, so nothing has to be clipped at display time. The whitening is the model's own
    colour transform, or a separate colour basis fitted to the data when the model's is a plain normalisation.
-3. The renderer applies its random transforms to the RGB images, then ``colour.to_model(rgb)`` gives exactly the
-   kind of input the classifier was trained on.
+3. The renderer applies its random transforms to the colour images, then ``colour.to_model(rgb)`` gives exactly
+   the kind of input the classifier was trained on.
 """
 
 from __future__ import annotations
@@ -22,13 +23,17 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from featvis.colour import ColourTransform
+from featvis.colour import ColourTransform, InputSpace
 from featvis.engine.checks import check_int, check_number
 
 Parameterisation = Literal["fourier", "pixel"]
 
 # Keeps logit(mean) finite for data whose mean colour is near black or white.
 _MEAN_CLAMP = 0.02
+#: The basis of an input space that is no colour transform (a ``to_model``/``to_rgb`` pair) when no ``basis`` is
+#: given: mean grey 0.5 and standard deviation 0.25 in every channel, no mixing between channels, so that
+#: ``rgb = sigmoid(z)`` channel by channel.
+NEUTRAL_MEAN, NEUTRAL_STD = 0.5, 0.25
 
 
 def fourier_frequencies(height: int, width: int, device: torch.device | str | None = None) -> Tensor:
@@ -84,7 +89,7 @@ class ImageParam(ABC):
 
     @abstractmethod
     def image(self) -> Tensor:
-        """The images in the decorrelated colour basis, ``(N, 3, H, W)``, differentiable in :attr:`parameter`."""
+        """The images in the decorrelated colour basis, ``(N, C, H, W)``, differentiable in :attr:`parameter`."""
 
     @abstractmethod
     def split(self, sizes: Sequence[int]) -> list[ImageParam]:
@@ -110,6 +115,7 @@ class PixelImage(ImageParam):
         init_std: standard deviation of the random start.
         generator: random source of the start (its device is the parameter's device).
         dtype: floating dtype of the parameter.
+        channels: colour channels, 3 (RGB) or 1 (grey).
     """
 
     def __init__(
@@ -120,16 +126,17 @@ class PixelImage(ImageParam):
         init_std: float = 0.01,
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float32,
+        channels: int = 3,
     ) -> None:
         _check_size(height, width)
         self.height, self.width = height, width
-        self.parameter = _random_leaf((batch, 3, height, width), init_std, generator, dtype)
+        self.parameter = _random_leaf((batch, _channels(channels), height, width), init_std, generator, dtype)
 
     @classmethod
     def from_parameter(cls, parameter: Tensor) -> PixelImage:
-        """Wrap an existing ``(N, 3, H, W)`` leaf tensor."""
-        if parameter.ndim != 4 or parameter.shape[1] != 3:
-            raise ValueError(f"a pixel parameter has shape (N, 3, H, W), got {tuple(parameter.shape)}.")
+        """Wrap an existing ``(N, C, H, W)`` leaf tensor, C = 3 or 1."""
+        if parameter.ndim != 4 or parameter.shape[1] not in (1, 3):
+            raise ValueError(f"a pixel parameter has shape (N, 3 or 1, H, W), got {tuple(parameter.shape)}.")
         self = cls.__new__(cls)
         self.height, self.width = parameter.shape[-2:]
         self.parameter = parameter
@@ -145,7 +152,7 @@ class PixelImage(ImageParam):
 class FourierImage(ImageParam):
     """Images whose ``rfft2`` spectrum is the parameter, scaled per frequency by :func:`fourier_scale`.
 
-    The parameter has shape ``(N, 3, H, W // 2 + 1, 2)`` (real and imaginary parts). Scaling by ``1 / f ** decay``
+    The parameter has shape ``(N, C, H, W // 2 + 1, 2)`` (real and imaginary parts). Scaling by ``1 / f ** decay``
     makes equal-sized optimiser steps change low frequencies more than high ones, which steers the optimisation
     towards images with a natural spectrum instead of high-frequency adversarial patterns.
 
@@ -157,6 +164,7 @@ class FourierImage(ImageParam):
         generator: random source of the start (its device is the parameter's device).
         dtype: floating dtype of the parameter.
         decay: exponent of the ``1 / f`` scaling (the fourth positional argument, before ``init_std``).
+        channels: colour channels, 3 (RGB) or 1 (grey).
     """
 
     def __init__(
@@ -168,16 +176,19 @@ class FourierImage(ImageParam):
         init_std: float = 0.01,
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float32,
+        channels: int = 3,
     ) -> None:
         _check_size(height, width)
-        self.parameter = _random_leaf((batch, 3, height, width // 2 + 1, 2), init_std, generator, dtype)
+        shape = (batch, _channels(channels), height, width // 2 + 1, 2)
+        self.parameter = _random_leaf(shape, init_std, generator, dtype)
         self.height, self.width, self.decay = height, width, decay
         self.scale = fourier_scale(height, width, decay, self.parameter.device).to(dtype)
 
     @classmethod
     def from_parameter(cls, parameter: Tensor, height: int, width: int, decay: float = 1.0) -> FourierImage:
-        """Wrap an existing ``(N, 3, height, width // 2 + 1, 2)`` leaf tensor."""
-        expected = (3, height, width // 2 + 1, 2)
+        """Wrap an existing ``(N, C, height, width // 2 + 1, 2)`` leaf tensor, C = 3 or 1."""
+        channels = parameter.shape[1] if parameter.ndim == 5 and parameter.shape[1] in (1, 3) else 3
+        expected = (channels, height, width // 2 + 1, 2)
         if parameter.ndim != 5 or tuple(parameter.shape[1:]) != expected:
             raise ValueError(f"a Fourier parameter has shape (N, *{expected}), got {tuple(parameter.shape)}.")
         self = cls.__new__(cls)
@@ -187,7 +198,7 @@ class FourierImage(ImageParam):
         return self
 
     def spectrum(self) -> Tensor:
-        """The scaled complex spectrum, ``(N, 3, H, W // 2 + 1)``."""
+        """The scaled complex spectrum, ``(N, C, H, W // 2 + 1)``."""
         return torch.view_as_complex(self.parameter) * self.scale
 
     def image(self) -> Tensor:
@@ -201,12 +212,18 @@ class FourierImage(ImageParam):
         ]
 
 
+def _channels(channels: int) -> int:
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 3 (RGB) or 1 (grey), got {channels!r}.")
+    return channels
+
+
 def _random_leaf(
     shape: tuple[int, ...], init_std: float, generator: torch.Generator | None, dtype: torch.dtype
 ) -> Tensor:
     """A leaf tensor of normal noise with standard deviation ``init_std``, drawn on the generator's device.
 
-    ``shape`` is ``(batch, 3, ...)``; batch and ``init_std`` are checked first.
+    ``shape`` is ``(batch, channels, ...)``; batch and ``init_std`` are checked first.
     """
     check_int("batch", shape[0], 1)
     check_number("init_std", init_std, 0.0)
@@ -232,7 +249,8 @@ def make_image_param(
         height: image height in pixels.
         width: image width in pixels.
         decay: exponent of the Fourier ``1 / f`` scaling (ignored for pixels).
-        **start: the random start, as both classes take it: ``init_std``, ``generator``, ``dtype``.
+        **start: the random start and channels, as both classes take them: ``init_std``, ``generator``,
+            ``dtype``, ``channels``.
     """
     if parameterisation == "fourier":
         return FourierImage(batch, height, width, decay, **start)
@@ -242,25 +260,27 @@ def make_image_param(
 
 
 class ColourSquash:
-    """Maps images in the decorrelated colour basis to RGB in (0, 1) and to model space.
+    """Maps images in the decorrelated colour basis to colours in (0, 1) and to model space.
 
     ``rgb = sigmoid(logit(mean) + (z @ C) / (mean * (1 - mean)))`` per pixel, where ``mean`` is the basis's mean
     colour and ``C`` the colour correlation: ``basis.inverse`` (the inverse of the whitening matrix ``W``) when
     ``decorrelate`` is set, else the diagonal matrix of the per-channel colour standard deviations (no mixing
     between channels). Dividing by the sigmoid's slope at the mean colour makes ``basis.to_model(rgb) == z`` to
-    first order around the mean, so a unit of ``z`` is one standard deviation of real colours.
+    first order around the mean, so a unit of ``z`` is one standard deviation of real colours. For a 1-channel
+    (grayscale) input space every tensor has one channel: the "colours" are grey levels.
 
     The basis is ``colour`` itself unless ``basis`` is given: a model trained on plain mean/std-normalised RGB
     (or on raw RGB) takes ``colour`` as its input space, but optimising in that per-channel space gives garish
     colours, so such a render optimises in a whitening fitted to the training pixels (``basis``) while
-    :meth:`to_model` still feeds the model its own input space.
+    :meth:`to_model` still feeds the model its own input space. An input space given by a function pair has no
+    basis of its own: without ``basis`` it optimises in :data:`NEUTRAL_MEAN` / :data:`NEUTRAL_STD`.
 
     The colour tensors are copied (so tensors made under ``torch.inference_mode`` can still enter autograd) and
     moved to ``device`` and ``dtype``.
 
     Args:
-        colour: the model's colour transform (RGB in [0, 1] to its input space).
-        decorrelate: optimise in the decorrelated basis (True) or per RGB channel (False).
+        colour: the model's input space (RGB in [0, 1], or grey for a 1-channel space, to model inputs).
+        decorrelate: optimise in the decorrelated basis (True) or per colour channel (False).
         device: device of the images.
         dtype: floating dtype of the images.
         basis: the colour transform whose mean and correlation ``z`` is expressed in; None uses ``colour``.
@@ -268,7 +288,7 @@ class ColourSquash:
 
     def __init__(
         self,
-        colour: ColourTransform,
+        colour: InputSpace,
         decorrelate: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
@@ -276,20 +296,33 @@ class ColourSquash:
         basis: ColourTransform | None = None,
     ) -> None:
         self.colour = colour.copy(device, dtype)
-        # The same tensors as ``colour`` when no basis is given, so such renders stay bit for bit as before.
-        self.basis = self.colour if basis is None else basis.copy(device, dtype)
+        self.channels = channels = self.colour.channels
+        self.basis: ColourTransform
+        if basis is not None:
+            self.basis = basis.copy(device, dtype)
+        elif isinstance(self.colour, ColourTransform):
+            # The same tensors as ``colour`` when no basis is given, so such renders stay bit for bit as before.
+            self.basis = self.colour
+        else:
+            neutral = ColourTransform.from_normalisation([NEUTRAL_MEAN] * channels, [NEUTRAL_STD] * channels)
+            self.basis = neutral.copy(device, dtype)
+        if self.basis.channels != channels:
+            raise ValueError(
+                f"the colour basis has {self.basis.channels} channel(s) but the input space {channels}; fit the "
+                f"basis on {'grey (N, 1, H, W)' if channels == 1 else 'RGB (N, 3, H, W)'} images."
+            )
         inverse = self.basis.inverse
         if not decorrelate:
             # Per-channel standard deviation of the data: column norms of W^-1 (cov = W^-T W^-1).
             inverse = torch.diag(inverse.norm(dim=0))
         clamped = self.basis.mean.clamp(_MEAN_CLAMP, 1 - _MEAN_CLAMP)
-        self.correlation = inverse / (clamped * (1 - clamped)).view(1, 3)
-        self.offset = torch.logit(clamped).view(1, 3, 1, 1)
+        self.correlation = inverse / (clamped * (1 - clamped)).view(1, channels)
+        self.offset = torch.logit(clamped).view(1, channels, 1, 1)
 
     def to_rgb(self, z: Tensor) -> Tensor:
-        """RGB images in (0, 1) from images in the decorrelated basis, both ``(N, 3, H, W)``."""
+        """Colours in (0, 1) from images in the decorrelated basis, both ``(N, C, H, W)``."""
         return torch.sigmoid(torch.einsum("nchw,cd->ndhw", z, self.correlation) + self.offset)
 
     def to_model(self, rgb: Tensor) -> Tensor:
-        """Model-space images: the colour transform's own :meth:`ColourTransform.to_model`."""
+        """Model-space images: the input space's own ``to_model``."""
         return self.colour.to_model(rgb)

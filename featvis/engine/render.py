@@ -1,6 +1,7 @@
 """Render images that maximise objectives: every target, several images each, optimised in one batch.
 
-:func:`render` works on any ``nn.Module`` that maps model-space images ``(N, 3, H, W)`` to logits ``(N, C)``. It
+:func:`render` works on any ``nn.Module`` that maps model-space images ``(N, C, H, W)`` to logits; C = 3, or 1 for a
+grayscale model (its input space says which, see :class:`featvis.colour.InputConvention`). It
 leaves no trace on the model or on global state: submodule train/eval flags are restored, parameters'
 ``requires_grad`` and ``.grad`` are untouched (gradients are taken with ``torch.autograd.grad`` on the image
 parameters only), BatchNorm statistics do not move (eval mode), and randomness comes from a private
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from featvis.colour import ColourTransform
+from featvis.colour import CallableColour, ColourTransform, InputConvention, InputSpace, grey_to_rgb
 from featvis.engine.config import RenderConfig, resolve_autocast
 from featvis.engine.hooks import LayerCapture, device_and_dtype, preserved_modes, resolve_layer
 from featvis.engine.objectives import (
@@ -46,8 +47,10 @@ class RenderResult:
     """What :func:`render` returns; ``T`` targets, ``K`` images per target, ``C`` classes.
 
     Attributes:
-        rgb: ``(T, K, 3, H, W)`` images in RGB, every value in [0, 1].
-        model_input: ``(T, K, 3, H, W)`` the same images in model space, ``colour.to_model(rgb)``.
+        rgb: ``(T, K, 3, H, W)`` images in RGB, every value in [0, 1] (a grayscale model's grey images have the
+            same value in all three channels).
+        model_input: ``(T, K, C, H, W)`` the same images in model space, ``colour.to_model(rgb)``, with the input
+            space's channels (C = 1 for a grayscale model: ``colour.to_model(to_grey(rgb))``).
         values: ``(T, K)`` each image's final objective value (without augmentation and without the render's
             diversity term).
         logits: ``(T, K, C)`` float logits of the shown images (full precision, no augmentation), from the same
@@ -86,7 +89,7 @@ def render(
     targets: Objective | int | Sequence[Objective | int] | None = None,
     *,
     config: RenderConfig = _DEFAULTS,
-    colour: ColourTransform | None = None,
+    colour: InputSpace | InputConvention | None = None,
     basis: ColourTransform | None = None,
     class_names: Sequence[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -95,16 +98,19 @@ def render(
     """Optimise ``images_per_target`` images for each target, all targets in one batch.
 
     Args:
-        model: maps model-space images ``(N, 3, H, W)`` to logits ``(N, C)``; its device and dtype are used.
+        model: maps model-space images ``(N, C, H, W)`` to logits; its device and dtype are used.
         targets: an objective, a class index, or a sequence of them; None renders every class logit.
         config: the render settings (see :class:`RenderConfig`).
-        colour: the data's colour transform (RGB in [0, 1] to model space); None takes ``model.colour`` when the
-            model has one (a ``ClassifierModule``), else the identity.
+        colour: the model's input space (RGB in [0, 1] to model space), e.g. ``InputConvention(...).space()``
+            (an ``InputConvention`` itself is taken too); 1-channel spaces (``order="L"``) render grey images
+            with a 1-channel parameterisation. None takes ``model.colour`` when the model has one (a
+            ``ClassifierModule``), else the identity on RGB.
         basis: the colour basis the images are optimised in (its mean colour and decorrelation, see
             ``config.decorrelate``) when it differs from the model's input space ``colour``: e.g. a whitening
             fitted to the training pixels (``ColourTransform.from_pixels``) for a model trained on plain
-            mean/std-normalised RGB. The model is still fed ``colour.to_model(rgb)``. None optimises in
-            ``colour`` itself.
+            mean/std-normalised RGB; it has the space's channels. The model is still fed
+            ``colour.to_model(rgb)``. None optimises in ``colour`` itself, or, for a space given by a function
+            pair, in a neutral basis (mean grey 0.5, standard deviation 0.25 per channel, no mixing).
         class_names: captions of class targets; None takes ``model.class_names`` when present.
         progress: called as ``progress(done_steps, total_steps)`` after every step (e.g. a progress bar).
         **overrides: settings that replace those of ``config``, e.g. ``steps=32``.
@@ -113,8 +119,9 @@ def render(
         A :class:`RenderResult` with RGB images in [0, 1], their model-space version, final values and logits.
 
     Raises:
-        ValueError: a bad setting, an unknown layer (the message lists the closest names), or a class or channel
-            index out of range.
+        ValueError: a bad setting, an unknown layer (the message lists the closest names), a class or channel
+            index out of range, or a model whose first layer takes another number of channels than the input
+            space gives (the message names the input convention to pass).
         NonFiniteError: an objective value or gradient became NaN or infinite; the message names the target.
     """
     start_time = time.perf_counter()
@@ -136,18 +143,21 @@ def render(
     channels_last = _uses_channels_last(model)
     if colour is None:
         colour = getattr(model, "colour", None)
-        if not isinstance(colour, ColourTransform):
+        if not isinstance(colour, ColourTransform | CallableColour | InputConvention):
             colour = ColourTransform.identity()
+    if isinstance(colour, InputConvention):
+        colour = colour.space()
     if class_names is None:
         class_names = class_names_of(model)
     if config.augment is True:
-        pipeline = Compose(default_transforms(max(height, width)))
+        pipeline = Compose(default_transforms((height, width)))
     else:
         pipeline = Compose(list(config.augment) if config.augment else [])
 
     # Lightning validates under inference mode and no_grad; rendering needs autograd regardless.
     with torch.inference_mode(False), torch.enable_grad(), preserved_modes(model):
         squash = ColourSquash(colour, config.decorrelate, device, dtype, basis=basis)
+        channels = squash.channels
         explicit = targets is not None
         objectives = _collect_targets(targets, class_names)
         layers = set().union(*(o.layers for o in objectives)) if objectives else set()
@@ -158,8 +168,9 @@ def render(
         with LayerCapture(model, layers) as capture:
             forward = _Forward(model, capture, channels_last)
             # A one-image probe counts the classes and checks every index against the model's real shapes.
-            with torch.no_grad():
-                probe = forward(torch.zeros(1, 3, height, width, device=device, dtype=dtype), None)
+            probe = _probe(
+                model, forward, torch.zeros(1, channels, height, width, device=device, dtype=dtype)
+            )
             if not explicit:
                 objectives = [ClassLogit(i, _name(class_names, i)) for i in range(probe.logits.shape[1])]
             for objective in objectives + ([diversity] if diversity is not None else []):
@@ -179,6 +190,7 @@ def render(
                 init_std=config.init_std,
                 generator=generator,
                 dtype=dtype,
+                channels=channels,
             )
             params = full.split([(stop - begin) * images_per_target for begin, stop in bounds])
             leaves = [param.parameter for param in params]
@@ -210,10 +222,11 @@ def render(
             rgb, model_input, values, logits = _final(
                 params, squash, forward, objectives, bounds, images_per_target
             )
-    shape = (count, images_per_target, 3, height, width)
+    if channels == 1:
+        rgb = grey_to_rgb(rgb)  # shown as RGB: the grey level in every channel
     return RenderResult(
-        rgb=rgb.reshape(shape),
-        model_input=model_input.reshape(shape),
+        rgb=rgb.reshape(count, images_per_target, 3, height, width),
+        model_input=model_input.reshape(count, images_per_target, *model_input.shape[1:]),
         values=values,
         logits=logits.reshape(count, images_per_target, -1),
         targets=tuple(objectives),
@@ -235,6 +248,44 @@ class _Forward:
         if not isinstance(logits, Tensor):
             raise TypeError(f"the model must return a logits tensor, got {type(logits).__name__}.")
         return Activations(logits, self.capture.take())
+
+
+def _probe(model: nn.Module, forward: _Forward, blank: Tensor) -> Activations:
+    """The model's activations for one blank image; a channel mismatch becomes a ValueError that names the fix.
+
+    The first convolution the image reaches is recorded, so a model that takes another number of channels than
+    the input space gives is told apart from any other failure of the forward pass.
+    """
+    first: list[tuple[int, int]] = []  # (channels it received, channels it takes) of the first Conv2d run
+
+    def record(module: nn.Module, args: tuple[Any, ...]) -> None:
+        if not first and args and isinstance(args[0], Tensor) and isinstance(module, nn.Conv2d):
+            first.append((args[0].shape[1], module.in_channels))
+
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    handles = [conv.register_forward_pre_hook(record) for conv in convs]
+    try:
+        with torch.no_grad():
+            return forward(blank, None)
+    except RuntimeError as err:
+        gives = blank.shape[1]
+        if first and first[0][0] == gives and first[0][1] != gives:
+            raise ValueError(_channel_mismatch(first[0][1], gives)) from err
+        raise
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _channel_mismatch(takes: int, gives: int) -> str:
+    if takes == 1:
+        fix = "pass InputConvention(order='L', mean=[...], std=[...]) for a grayscale model (its channel is luma)"
+    elif takes == 3:
+        fix = "pass an RGB or BGR InputConvention (order='RGB' or 'BGR', 3 mean and 3 std values)"
+    else:
+        fix = "featvis renders 1-channel (grey) or 3-channel (colour) inputs; wrap the model to take one of those"
+    plural = "" if takes == 1 else "s"
+    return f"the model's first layer takes {takes} channel{plural} but the input convention gives {gives}; {fix}."
 
 
 def _final(

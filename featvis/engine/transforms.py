@@ -1,7 +1,8 @@
 """Random, differentiable, per-sample image transforms applied inside the render's forward and backward pass.
 
-They act on RGB images in [0, 1], before the map to model space, so every pixel the model sees, border fill
-included, is a valid colour mapped exactly as the training data was.
+They act on RGB images in [0, 1] (grey ``(N, 1, H, W)`` images for a grayscale model), before the map to model
+space, so every pixel the model sees, border fill included, is a valid colour mapped exactly as the training data
+was.
 
 In the style of torchvision transforms v2, drawing parameters is separate from applying them: every transform has
 ``make_params(batch_size, image_size, generator)``, which draws one set of parameters per image from a private
@@ -12,8 +13,9 @@ lets the renderer draw the parameters of a whole batch once and apply slices of 
 :class:`Flip` are affine: :class:`Compose` multiplies the per-image matrices of consecutive affine transforms and
 resamples once with ``affine_grid`` / ``grid_sample``, and crops back to the output size inside that same sampling.
 
-Magnitudes are in pixels of the image being transformed; :func:`default_transforms` is sized for 32-px images
-(the ImageNet presets, pad 12 / jitter 8, would move a 32-px object out of the frame).
+Magnitudes are in pixels of the image being transformed; :func:`default_transforms` scales them with the image's
+shorter side from those tuned for 32-px images (the ImageNet presets, pad 12 / jitter 8, would move a 32-px object
+out of the frame).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from featvis.colour import to_grey
 from featvis.engine.checks import check_int, check_number
 
 Params = dict[str, Tensor]
@@ -91,7 +94,8 @@ class AffineTransform(Transform):
 class Pad(Transform):
     """Enlarge the canvas by ``pixels`` on each side, filled per image.
 
-    Transforms act on RGB images in [0, 1] (before the map to model space), so every fill is a valid colour.
+    Transforms act on RGB images in [0, 1] (before the map to model space), so every fill is a valid colour; grey
+    ``(N, 1, H, W)`` images are filled with the luma of the drawn colour (the same draws as for RGB images).
 
     Args:
         pixels: border width in pixels.
@@ -127,7 +131,10 @@ class Pad(Transform):
         padded = F.pad(images, (p, p, p, p))
         inside = torch.zeros(1, 1, height + 2 * p, width + 2 * p, device=images.device, dtype=images.dtype)
         inside[..., p : p + height, p : p + width] = 1
-        return padded + (1 - inside) * params["fill"].to(images.dtype)
+        fill = params["fill"].to(images.dtype)
+        if images.shape[1] == 1 and fill.shape[1] == 3:
+            fill = to_grey(fill)
+        return padded + (1 - inside) * fill
 
     def __repr__(self) -> str:
         return f"Pad({self.pixels}, fill={self.fill!r})"
@@ -345,8 +352,8 @@ def slice_params(params: Params, index: slice) -> Params:
     return {key: value[index] for key, value in params.items()}
 
 
-def default_transforms(image_size: int = 32) -> list[Transform]:
-    """Transforms sized for ``image_size``-px images.
+def default_transforms(image_size: int | tuple[int, int] = 32) -> list[Transform]:
+    """Transforms sized for ``image_size``-px images (or ``(height, width)`` ones).
 
     For 32 px: pad 2 (random colour), jitter 2, scale 0.8-1.2, rotate 20 degrees, jitter 1, mirror. Tuned on the
     quality metrics over three render seeds (``benchmarks/quality.py``): on the default CIFAR-10 model these
@@ -354,14 +361,18 @@ def default_transforms(image_size: int = 32) -> list[Transform]:
     the earlier, stronger set (pad 4, jitter 4, scale 0.6-1.4, rotate 45) reached 88-89% and a still stronger
     one 82% (``benchmarks/ablation.py`` measures what each ingredient of the method adds). The ImageNet presets
     (pad 12, jitter 8, on 224 px) would push a 32-px object out of the frame. Pixel magnitudes grow in
-    proportion to the image size.
+    proportion to the image size, measured by the shorter side of a non-square image (so the content stays in
+    the frame along that side): 224 px gets pad 14, jitter 14 and 7.
 
     Args:
-        image_size: side length of the rendered images.
+        image_size: side length of the rendered images, or their ``(height, width)``.
     """
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"image_size must be a positive integer, got {image_size!r}.")
-    unit = image_size / 32
+    sides = image_size if isinstance(image_size, tuple) else (image_size,)
+    if len(sides) != (2 if isinstance(image_size, tuple) else 1) or any(
+        isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sides
+    ):
+        raise ValueError(f"image_size must be a positive integer or (height, width), got {image_size!r}.")
+    unit = min(sides) / 32
     return [
         Pad(max(1, round(2 * unit))),
         Jitter(2 * unit),

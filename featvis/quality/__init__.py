@@ -13,6 +13,7 @@ from featvis.quality.features import (
 )
 from featvis.quality.metrics import (
     TransferAccuracy,
+    colour_distance,
     radial_log_spectrum,
     random_affine,
     robustness,
@@ -25,6 +26,7 @@ __all__ = [
     "QualityReport",
     "RGBInput",
     "TransferAccuracy",
+    "colour_distance",
     "feature_diversity",
     "penultimate_features",
     "plausibility",

@@ -5,6 +5,8 @@ returns plain floats (or a small dataclass), so the numbers can be logged or com
 
 * :func:`spectral_gap` -- how far the images' radial log-amplitude spectrum is from that of real images
   (natural-image statistics; about 0.02 for 40 real test images against the training set, 1.0 for uniform noise).
+* :func:`colour_distance` -- Fréchet distance between the images' pixel-colour distributions and real images'
+  (the spectrum is grey-level; this sees hue shifts, over- or under-saturation and colour contrast).
 * :func:`robustness` -- mean softmax probability of the target class under fresh random affine transforms that
   the optimisation never saw (a visualisation that only works at one exact pixel alignment scores low).
 * :func:`transfer_accuracy` -- fraction of visualisations that independently trained reference classifiers
@@ -181,6 +183,61 @@ def spectral_gap(images: Tensor, reference: Tensor, max_radius: int = 16) -> flo
         b = radial_log_spectrum(reference, max_radius)
     a = radial_log_spectrum(images, max_radius)
     return float((a - b).abs().mean())
+
+
+# -------------------------------------------------------------------------------------------- colour distance
+
+
+def _colour_moments(images: Tensor, name: str, chunk_size: int = 1024) -> tuple[Tensor, Tensor]:
+    """Mean ``(3,)`` and population covariance ``(3, 3)`` in float64 of the pixel colours of ``(N, 3, H, W)`` images."""
+    if (
+        isinstance(images, Tensor)
+        and images.dtype == torch.uint8
+        and images.ndim == 4
+        and images.shape[1] == 3
+    ):
+        chunks = [images[i : i + chunk_size].double() / 255 for i in range(0, images.shape[0], chunk_size)]
+    else:
+        images = check_images(images, name)
+        chunks = [images[i : i + chunk_size].double() for i in range(0, images.shape[0], chunk_size)]
+    total = torch.zeros(3, dtype=torch.float64)
+    outer = torch.zeros(3, 3, dtype=torch.float64)
+    for chunk in chunks:  # float64 one chunk at a time: a training set would not fit twice
+        pixels = chunk.cpu().transpose(0, 1).reshape(3, -1)
+        total += pixels.sum(dim=1)
+        outer += pixels @ pixels.T
+    count = sum(chunk[:, 0].numel() for chunk in chunks)
+    mean = total / count
+    return mean, outer / count - torch.outer(mean, mean)
+
+
+def colour_distance(rgb: Tensor, real: Tensor) -> float:
+    """Fréchet distance between the pixel-colour distributions of two image sets, in RGB units.
+
+    Each set's pixels are summarised by their mean colour and 3x3 colour covariance, and the result is the
+    Fréchet (2-Wasserstein) distance between the two Gaussians, ``sqrt(|m1 - m2|^2 + tr(S1 + S2 - 2 (S1 S2)^½))``
+    (FID's formula on colours; FID reports its square). :func:`spectral_gap` compares grey-level spectra, so it
+    cannot see colour: renders with a natural spectrum can still be garish. This sees what it misses: a shift of
+    hue or of the mean colour (the means), and too much or too little saturation and colour contrast (the
+    covariance: saturated images spread far from the grey axis, grey ones not at all). The image sizes and counts
+    may differ. On CIFAR-10, 40 test images score about 0.05 against a training batch of 10,000 (1,000 test
+    images 0.01); the same 40 in grey 0.14, with their saturation tripled 0.20, uniform noise 0.33.
+
+    Args:
+        rgb: RGB images in [0, 1], ``(N, 3, H, W)``, e.g. visualisations.
+        real: real images, ``(M, 3, H', W')`` float RGB in [0, 1] or uint8.
+
+    Returns:
+        The distance, >= 0 (about 0 for identical sets, at most sqrt(4.5) for images in [0, 1]).
+    """
+    mean_a, cov_a = _colour_moments(rgb, "rgb")
+    mean_b, cov_b = _colour_moments(real, "real")
+    # tr((S1 S2)^½) = tr((S1^½ S2 S1^½)^½): eigenvalues of a symmetric PSD matrix, stable for singular S (grey).
+    values, vectors = torch.linalg.eigh(cov_a)
+    root = vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
+    cross = torch.linalg.eigvalsh(root @ cov_b @ root).clamp(min=0).sqrt().sum()
+    squared = (mean_a - mean_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross
+    return math.sqrt(max(float(squared), 0.0))
 
 
 # ------------------------------------------------------------------------------------------- robustness

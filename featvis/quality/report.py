@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from featvis.colour import ColourTransform
+from featvis.colour import ColourTransform, InputConvention, InputSpace, to_grey
 from featvis.engine.hooks import device_and_dtype
 from featvis.quality.features import feature_diversity, penultimate_features, plausibility_from_features
 from featvis.quality.metrics import (
+    colour_distance,
     radial_log_spectrum,
     robustness,
     spectral_gap,
@@ -29,22 +30,26 @@ class RGBInput(nn.Module):
     """A classifier on model-space inputs seen as one on RGB in [0, 1]: ``model(colour.to_model(rgb))``.
 
     The metrics and reference models speak RGB; featvis's own models take model-space inputs. This wrapper is the
-    one bridge between the two: it maps float RGB to model space on the images' device and casts to the model's
-    floating dtype. It holds a private copy of ``colour``, so the caller's transform is never moved.
+    one bridge between the two: it maps float RGB to model space on the images' device (through the luma,
+    :func:`~featvis.colour.to_grey`, for a 1-channel input space) and casts to the model's floating dtype. It
+    holds a private copy of ``colour``, so the caller's transform is never moved.
 
     Args:
-        model: maps model-space images ``(N, 3, H, W)`` to logits.
-        colour: the model's colour transform.
+        model: maps model-space images ``(N, C, H, W)`` to logits.
+        colour: the model's input space (an ``InputConvention`` is taken too).
     """
 
-    def __init__(self, model: nn.Module, colour: ColourTransform) -> None:
+    def __init__(self, model: nn.Module, colour: InputSpace | InputConvention) -> None:
         super().__init__()
         self.model = model
         device, self.dtype = device_and_dtype(model)
-        self.colour = colour.copy(device)
+        space = colour.space() if isinstance(colour, InputConvention) else colour
+        self.colour: InputSpace = space.copy(device)
 
     def forward(self, rgb: Tensor) -> Tensor:
-        return self.model(self.colour.to(rgb.device).to_model(rgb.float()).to(self.dtype))
+        colour = self.colour.to(rgb.device) if isinstance(self.colour, ColourTransform) else self.colour
+        rgb = rgb.float()
+        return self.model(colour.to_model(to_grey(rgb) if colour.channels == 1 else rgb).to(self.dtype))
 
 
 def reference_spectrum(images: Tensor, size: int, max_images: int | None = None) -> Tensor:
@@ -66,9 +71,9 @@ class QualityReport:
     """What :func:`score_render` measured.
 
     Attributes:
-        scores: metric name to value: ``robustness``, ``diversity``, ``spectral_gap``, ``transfer_accuracy``
-            (mean over references) and ``transfer_accuracy/<name>``, ``plausibility`` and ``plausibility/<name>``;
-            only those the inputs allow.
+        scores: metric name to value: ``robustness``, ``diversity``, ``spectral_gap``, ``colour_distance``,
+            ``transfer_accuracy`` (mean over references) and ``transfer_accuracy/<name>``, ``plausibility`` and
+            ``plausibility/<name>``; only those the inputs allow.
         skipped: metric name to the reason it could not be computed (e.g. a model without a linear head).
     """
 
@@ -85,6 +90,7 @@ def score_render(
     references: Mapping[str, nn.Module] | None = None,
     real: tuple[Tensor, Tensor] | None = None,
     real_features: dict[str, Tensor] | None = None,
+    real_colours: Tensor | None = None,
     robustness_repeats: int = 8,
     seed: int = 12345,
     k: int = 10,
@@ -102,6 +108,9 @@ def score_render(
         real: real images (RGB in [0, 1]) and their labels: ``plausibility`` in each reference's features.
         real_features: cache of the real images' features per reference name, filled in when missing, so
             scoring several renders against the same real images computes them once.
+        real_colours: real images, ``(N, 3, H, W)`` RGB in [0, 1] of any size, for ``colour_distance``; None
+            takes the images of ``real`` when given. For a grayscale model pass grey ones
+            (``grey_to_rgb(to_grey(images))``), the colours its renders can have.
         robustness_repeats: random transforms per image for ``robustness``.
         seed: seed of ``robustness``'s private generator; pick one the render did not use.
         k: nearest neighbours of ``plausibility``.
@@ -132,6 +141,9 @@ def score_render(
                 )
     if spectrum is not None:
         scores["spectral_gap"] = spectral_gap(images, spectrum)
+    colours = real_colours if real_colours is not None else (real[0] if real is not None else None)
+    if colours is not None:
+        scores["colour_distance"] = colour_distance(images, colours)
     if references and rows:
         transfer = transfer_accuracy(list(references.values()), class_images, class_targets)
         scores["transfer_accuracy"] = transfer.mean

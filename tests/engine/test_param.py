@@ -123,3 +123,21 @@ def test_colour_squash_optimises_in_the_basis_and_feeds_the_model_its_own_space(
     plain, same = ColourSquash(normalisation), ColourSquash(normalisation, basis=normalisation)
     assert torch.equal(plain.correlation, same.correlation) and torch.equal(plain.offset, same.offset)
     assert not torch.allclose(plain.correlation, squash.correlation)
+
+
+def test_one_channel_parameterisations_and_squash() -> None:
+    generator = torch.Generator().manual_seed(0)
+    fourier = make_image_param("fourier", 3, 8, 12, generator=generator, channels=1)
+    pixel = make_image_param("pixel", 3, 8, 12, generator=generator, channels=1)
+    assert fourier.image().shape == pixel.image().shape == (3, 1, 8, 12)
+    assert [part.image().shape[1] for part in fourier.split([1, 2])] == [1, 1]
+    grey = ColourTransform.from_normalisation([0.3], [0.2])
+    squash = ColourSquash(grey)
+    assert squash.correlation.shape == (1, 1)
+    assert torch.allclose(squash.to_rgb(torch.zeros(1, 1, 2, 2)), torch.full((1, 1, 2, 2), 0.3), atol=1e-6)
+    z = torch.randn(2, 1, 4, 4, generator=generator) * 1e-3
+    assert torch.allclose(squash.to_model(squash.to_rgb(z)), z, atol=1e-6, rtol=1e-2)
+    with pytest.raises(ValueError, match=r"the colour basis has 3 channel\(s\) but the input space 1"):
+        ColourSquash(grey, basis=_colour())
+    with pytest.raises(ValueError, match="channels must be 3 \\(RGB\\) or 1 \\(grey\\), got 2"):
+        make_image_param("pixel", 1, 4, 4, channels=2)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 import featvis.engine
-from featvis.colour import ColourTransform
+from featvis.colour import ColourTransform, InputConvention, to_grey
 from featvis.engine import (
     Activations,
     Channel,
@@ -365,3 +365,121 @@ def test_a_basis_changes_the_optimisation_space_but_not_the_model_input_space() 
     assert torch.allclose(
         whitened.model_input.reshape(-1, 3, 16, 16), normalisation.to_model(flat), atol=1e-5
     )
+
+
+# ---------------------------------------------------------------------------------------- input conventions
+
+
+class GreyNet(nn.Module):
+    """A TinyClassifier-like 1-channel model: its first conv takes one (grey) channel."""
+
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(1)
+        self.conv = nn.Conv2d(1, 6, 3, padding=1)
+        self.head = nn.Linear(6, num_classes)
+        with torch.no_grad():
+            for param in self.parameters():
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+GREY = InputConvention(mean=[0.45], std=[0.25], order="L")
+
+
+def test_a_grayscale_model_renders_grey_images_from_one_channel() -> None:
+    net = GreyNet()
+    result = render(net, colour=GREY.space(), **FAST)
+    assert result.rgb.shape == (3, 2, 3, 16, 16) and result.model_input.shape == (3, 2, 1, 16, 16)
+    assert torch.equal(result.rgb[:, :, 0], result.rgb[:, :, 1]) and torch.equal(
+        result.rgb[:, :, 0], result.rgb[:, :, 2]
+    )
+    assert result.rgb.std().item() > 0.01
+    flat = result.rgb.reshape(-1, 3, 16, 16)
+    expected = GREY.space().to_model(to_grey(flat))
+    assert torch.allclose(result.model_input.reshape(-1, 1, 16, 16), expected, atol=1e-5)
+    with torch.no_grad():
+        logits = net(result.model_input.reshape(-1, 1, 16, 16))
+    assert torch.allclose(result.logits.reshape(-1, 3), logits, atol=1e-5)
+    start = render(net, colour=GREY, **{**FAST, "steps": 0})  # an InputConvention is taken too
+    end = render(net, colour=GREY, **{**FAST, "steps": 40})
+    assert (end.values > start.values + 0.1).all(), (start.values, end.values)
+
+
+def test_a_channel_mismatch_fails_at_the_probe_naming_the_fix() -> None:
+    with pytest.raises(
+        ValueError, match=r"takes 1 channel but the input convention gives 3; pass InputConvention\(order='L'"
+    ) as caught:
+        render(GreyNet(), **FAST)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(
+        ValueError, match=r"takes 3 channels but the input convention gives 1; pass an RGB or BGR"
+    ):
+        render(TinyNet(), colour=GREY, **FAST)
+
+
+def test_a_255_convention_renders_the_same_images_as_its_unit_twin() -> None:
+    unit = InputConvention(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    wide = InputConvention(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], max_value=255)
+    a, b = render(TinyNet(), colour=unit, **FAST), render(TinyNet(), colour=wide, **FAST)
+    assert torch.allclose(a.rgb, b.rgb, atol=1e-4) and torch.allclose(a.model_input, b.model_input, atol=1e-3)
+    raw = render(TinyNet(), colour=InputConvention(max_value=255), basis=_colour(), **{**FAST, "steps": 0})
+    flat = raw.rgb.reshape(-1, 3, 16, 16)
+    assert torch.allclose(raw.model_input.reshape(-1, 3, 16, 16), flat * 255, atol=1e-3)  # fed [0, 255]
+
+
+def test_a_bgr_model_sees_the_rgb_models_images_in_its_own_order() -> None:
+    net = TinyNet()
+    flipped = TinyNet()
+    with torch.no_grad():
+        flipped.features.conv1.weight.copy_(net.features.conv1.weight.flip(1))  # the same filters on B, G, R
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+    rgb = render(net, colour=InputConvention(mean=mean, std=std), basis=_colour(), **FAST)
+    bgr_convention = InputConvention(mean=mean[::-1], std=std[::-1], order="BGR")
+    bgr = render(flipped, colour=bgr_convention, basis=_colour(), **FAST)
+    assert torch.allclose(bgr.rgb, rgb.rgb, atol=1e-4)
+    assert torch.allclose(bgr.model_input, rgb.model_input.flip(2), atol=1e-4)
+    assert torch.allclose(bgr.values, rgb.values, atol=1e-4)
+
+
+def _to_model(x: Tensor) -> Tensor:
+    return (x - 0.5) / 0.25
+
+
+def _to_rgb(x: Tensor) -> Tensor:
+    return x * 0.25 + 0.5
+
+
+def test_a_callable_convention_renders_as_its_affine_twin() -> None:
+    pair = InputConvention(to_model=_to_model, to_rgb=_to_rgb)
+    affine = ColourTransform.from_normalisation([0.5] * 3, [0.25] * 3)
+    basis = _colour()
+    a, b = (
+        render(TinyNet(), colour=pair.space(), basis=basis, **FAST),
+        render(TinyNet(), colour=affine, basis=basis, **FAST),
+    )
+    assert torch.allclose(a.rgb, b.rgb, atol=1e-5) and torch.allclose(a.model_input, b.model_input, atol=1e-4)
+    # Without a basis: the neutral one, mean grey 0.5 (the images start there) and 0.25 per channel.
+    start = render(TinyNet(), colour=pair, **{**FAST, "steps": 0, "augment": False})
+    assert abs(start.rgb.mean().item() - 0.5) < 0.01 and start.rgb.std().item() < 0.05
+    # ... which is the affine twin's own basis, so without a basis both render the same images too.
+    neutral, own = render(TinyNet(), colour=pair, **FAST), render(TinyNet(), colour=affine, **FAST)
+    assert torch.allclose(neutral.rgb, own.rgb, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(48, 64), 64, 224])
+def test_larger_and_non_square_images_render_with_the_default_transforms(size: int | tuple[int, int]) -> None:
+    height, width = size if isinstance(size, tuple) else (size, size)
+    settings = {**FAST, "steps": 2, "image_size": size, "augment": True, "images_per_target": 1}
+    result = render(TinyNet(), [0, 1], colour=_colour(), **settings)
+    assert result.rgb.shape == (2, 1, 3, height, width) and result.model_input.shape == (
+        2,
+        1,
+        3,
+        height,
+        width,
+    )
+    assert torch.isfinite(result.model_input).all() and torch.isfinite(result.values).all()
+    assert result.rgb.min().item() >= 0 and result.rgb.max().item() <= 1

@@ -161,3 +161,43 @@ def test_default_transforms_are_sized_for_32_px() -> None:
 def test_bad_magnitudes_raise_precise_errors(make, message: str) -> None:
     with pytest.raises((ValueError, TypeError), match=message):
         make()
+
+
+@pytest.mark.parametrize("size", [32, 64, 128, 224])
+def test_default_magnitudes_grow_with_the_image_size(size: int) -> None:
+    compose = Compose(default_transforms(size))
+    params = compose.make_params(2000, (size, size), torch.Generator().manual_seed(0))
+    largest = params["1.shift"].abs().max().item()  # the first jitter: 2 px at 32 px
+    assert 2 * size / 32 * 0.95 < largest <= 2 * size / 32
+    assert params["4.shift"].abs().max().item() <= size / 32
+    # The pad's border, seen on a blank image: round(2 * size / 32) pixels on each side.
+    pad = compose.transforms[0]
+    border = pad.apply(torch.zeros(1, 3, size, size), {"fill": torch.ones(1, 3, 1, 1)})
+    assert border.shape[-1] == size + 2 * round(2 * size / 32)
+    assert border[0, 0, border.shape[-2] // 2].sum().item() == 2 * round(2 * size / 32)
+    images = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(1))
+    out = compose.apply(images, compose.make_params(3, (size, size), torch.Generator().manual_seed(2)))
+    assert out.shape == images.shape and torch.isfinite(out).all()
+
+
+def test_non_square_sizes_scale_with_the_shorter_side() -> None:
+    transforms = default_transforms((48, 64))
+    assert [t.pixels for t in transforms if isinstance(t, Pad | Jitter)] == [3, 3.0, 1.5]
+    compose = Compose(transforms)
+    images = torch.rand(2, 3, 48, 64, generator=torch.Generator().manual_seed(0))
+    out = compose.apply(images, compose.make_params(2, (48, 64), torch.Generator().manual_seed(1)))
+    assert out.shape == (2, 3, 48, 64) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match=r"image_size must be a positive integer or \(height, width\)"):
+        default_transforms((48, 64, 3))
+
+
+def test_grey_images_are_transformed_and_padded_with_the_luma_of_the_drawn_colour() -> None:
+    grey = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    pad = Pad(2)
+    params = pad.make_params(4, (16, 16), torch.Generator().manual_seed(1))
+    padded = pad.apply(grey, params)
+    weights = torch.tensor([0.299, 0.587, 0.114])
+    assert torch.allclose(padded[:, 0, 0, 0], (params["fill"][:, :, 0, 0] * weights).sum(dim=1), atol=1e-6)
+    compose = Compose(default_transforms(16))
+    out = compose.apply(grey, compose.make_params(4, (16, 16), torch.Generator().manual_seed(2)))
+    assert out.shape == grey.shape and out.min().item() >= 0 and out.max().item() <= 1

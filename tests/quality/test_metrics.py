@@ -12,6 +12,7 @@ from torch import nn
 from featvis.model import SpeedNet
 from featvis.quality.metrics import (
     TransferAccuracy,
+    colour_distance,
     radial_log_spectrum,
     random_affine,
     robustness,
@@ -186,3 +187,47 @@ def test_transfer_accuracy_restores_train_mode():
 def test_transfer_accuracy_rejects_bad_models():
     with pytest.raises(ValueError, match="nn.Module"):
         transfer_accuracy([], noise_images(2, 0), [0, 0])
+
+
+# ----------------------------------------------------------------------------------------- colour distance
+
+
+def _photo_like(count: int, seed: int) -> torch.Tensor:
+    """Images with photo-like colours: a smooth shared brightness, a mild per-image tint and a little noise."""
+    generator = torch.Generator().manual_seed(seed)
+    light = nn.functional.interpolate(
+        torch.rand(count, 1, 4, 4, generator=generator), size=16, mode="bilinear"
+    )
+    tint = 0.08 * torch.randn(count, 3, 1, 1, generator=generator)
+    return (0.15 + 0.7 * light + tint + 0.03 * torch.randn(count, 3, 16, 16, generator=generator)).clamp(0, 1)
+
+
+def test_colour_distance_is_zero_for_the_same_colours_and_grows_with_recolouring():
+    real, other = _photo_like(128, 0), _photo_like(128, 1)
+    assert colour_distance(real, real.clone()) == pytest.approx(0.0, abs=1e-6)
+    assert colour_distance(real, real[:, :, ::2, ::2]) < 0.01  # sizes may differ
+    baseline = colour_distance(other, real)  # another sample of the same distribution
+    assert baseline < 0.025  # measured: 0.020
+    grey = real.mean(dim=1, keepdim=True)
+    saturated = (grey + 4 * (real - grey)).clamp(0, 1)
+    psychedelic = 1 - saturated[:, [1, 2, 0]]
+    as_grey = grey.expand(-1, 3, -1, -1)
+    distances = {
+        "saturated": colour_distance(saturated, real),
+        "psychedelic": colour_distance(psychedelic, real),
+        "grey": colour_distance(as_grey, other),
+    }
+    # Measured: saturated 0.30, psychedelic 0.30, grey 0.12; every recolouring lies far above the baseline.
+    assert distances["saturated"] > 10 * baseline and distances["psychedelic"] > 10 * baseline, distances
+    assert distances["grey"] > 5 * baseline, distances
+    assert colour_distance(real, saturated) == pytest.approx(distances["saturated"], rel=1e-6)  # symmetric
+    uint8 = (real * 255).round().to(torch.uint8)
+    assert colour_distance(other, uint8) == pytest.approx(baseline, abs=2e-3)
+
+
+def test_colour_distance_of_constant_colours_is_their_euclidean_distance():
+    red, blue = torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 4)
+    red[:, 0], blue[:, 2] = 1.0, 1.0
+    assert colour_distance(red, blue) == pytest.approx(math.sqrt(2), abs=1e-6)
+    with pytest.raises(ValueError, match=r"real must be RGB in \[0, 1\]"):
+        colour_distance(red, red * 2)

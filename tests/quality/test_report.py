@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from featvis.colour import ColourTransform
+from featvis.colour import ColourTransform, InputConvention
 from featvis.quality import RGBInput, reference_spectrum, score_render
 
 
@@ -72,3 +72,35 @@ def test_rgb_input_feeds_the_model_its_own_space_without_moving_the_colour() -> 
     assert torch.allclose(seen[0], colour.to_model(rgb))
     assert RGBInput(nn.Linear(2, 2).double(), colour).dtype == torch.float64
     assert colour.mean.device.type == "cpu" and colour.mean.dtype == torch.float32
+
+
+def _halve(x: torch.Tensor) -> torch.Tensor:
+    return x / 2
+
+
+def _double(x: torch.Tensor) -> torch.Tensor:
+    return x * 2
+
+
+def test_rgb_input_feeds_a_grayscale_model_the_luma_and_a_callable_space_its_function() -> None:
+    seen = []
+    model = nn.Sequential(nn.Identity())
+    model.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    red = torch.zeros(1, 3, 2, 2)
+    red[:, 0] = 1.0
+    RGBInput(model, InputConvention(mean=[0.5], std=[0.25], order="L"))(red)
+    assert seen[0].shape == (1, 1, 2, 2)
+    assert torch.allclose(seen[0], torch.full((1, 1, 2, 2), (0.299 - 0.5) / 0.25), atol=1e-6)
+    RGBInput(model, InputConvention(to_model=_halve, to_rgb=_double).space())(red)
+    assert torch.equal(seen[1], red / 2)
+
+
+def test_colour_distance_against_real_colours_or_the_real_images() -> None:
+    rgb = _render(2, 2)
+    real = rgb.flatten(0, 1).clone()
+    report = score_render(rgb, [None, None], real_colours=real)
+    assert report.scores == {"colour_distance": pytest.approx(0.0, abs=1e-6)}
+    grey = real.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
+    labels = torch.zeros(len(real), dtype=torch.long)
+    far = score_render(rgb, [None, None], real=(grey, labels)).scores["colour_distance"]
+    assert far > 0.2  # uniform noise in every channel against grey pixels

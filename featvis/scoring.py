@@ -1,0 +1,114 @@
+"""The quality scalars a run logs beside each render: one scorer per callback, holding what it needs between epochs.
+
+:func:`featvis.quality.score_render` does the measuring; :class:`RunScorer` only gathers its inputs during a run:
+the rendered model seen from RGB, the training images' spectrum (computed once per run from the datamodule's
+``split("train")``), and an optional reference classifier (a checkpoint path loaded at setup, or a module). It
+renames the scores to the scalar names the callback has logged since its first release.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from featvis.colour import ColourTransform
+from featvis.engine import fork_rng
+from featvis.outputs import WarnOnce
+from featvis.quality import RGBInput, reference_spectrum, score_render
+
+#: Training images the spectrum is computed from (evenly spaced): a stable mean spectrum, in a fraction of a second.
+SPECTRUM_IMAGES = 5000
+
+
+class RunScorer:
+    """Scores a callback's renders with the metrics and the reference model it was given.
+
+    Args:
+        metrics: score robustness, spectral gap and diversity under the rendered model.
+        reference_model: a ``ClassifierModule`` checkpoint path, an ``nn.Module`` mapping model-space images to
+            logits, or None.
+        seed: the callback's render seed; scores draw fresh transforms from ``seed + 1``.
+        warn: the callback's warn-once record.
+    """
+
+    def __init__(
+        self, metrics: bool, reference_model: str | Path | nn.Module | None, seed: int, warn: WarnOnce
+    ) -> None:
+        if reference_model is not None and not isinstance(reference_model, str | Path | nn.Module):
+            raise ValueError(
+                f"reference_model must be a checkpoint path or an nn.Module, got {reference_model!r}."
+            )
+        self.metrics, self.reference_model, self.seed, self.warn = metrics, reference_model, seed, warn
+        self._reference: nn.Module | None = None
+        self._spectrum: Tensor | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether there is anything to score."""
+        return self.metrics or self.reference_model is not None
+
+    def setup(self) -> None:
+        """Load the reference checkpoint, if one was named (before training, so a bad path fails early)."""
+        if isinstance(self.reference_model, str | Path):
+            from featvis.model import load_classifier  # the full model stack only when a checkpoint is named
+
+            self._reference = load_classifier(str(self.reference_model))
+        elif isinstance(self.reference_model, nn.Module):
+            self._reference = self.reference_model
+
+    def scores(
+        self, rgb: Tensor, classes: list[int | None], model: nn.Module, colour: Any, datamodule: Any
+    ) -> dict[str, float]:
+        """The quality scalars of one render, by their logged names (without the callback's prefix).
+
+        Args:
+            rgb: ``(T, K, 3, H, W)`` rendered images in [0, 1].
+            classes: per target, its class index or None (hidden units).
+            model: the rendered model (model-space inputs).
+            colour: the model's input space (a :class:`ColourTransform` or another input space).
+            datamodule: the run's datamodule or None; ``split("train")`` gives the spectrum's images.
+        """
+        references = None
+        if self._reference is not None:  # in the reference's own colour transform if it has one
+            references = {
+                "reference": RGBInput(self._reference, ColourTransform.find(self._reference) or colour)
+            }
+        with torch.inference_mode(False), torch.no_grad(), fork_rng(model):
+            report = score_render(
+                rgb,
+                classes,
+                model=RGBInput(model, colour) if self.metrics else None,
+                spectrum=self._spectrum_for(datamodule, rgb.shape[-2:]) if self.metrics else None,
+                references=references,
+                robustness_repeats=4,
+                seed=self.seed + 1,  # fresh transforms: the render's own seed differs
+            )
+        for metric, reason in report.skipped.items():
+            self.warn(metric, f"FeatureVisCallback: no {metric} metric ({reason})")
+        values = {key: value for key, value in report.scores.items() if "/" not in key}
+        if "transfer_accuracy" in values:  # the scalar's name since the first release
+            values["transfer_acc"] = values.pop("transfer_accuracy")
+        return values
+
+    def _spectrum_for(self, datamodule: Any, size: torch.Size) -> Tensor | None:
+        if self._spectrum is None:  # computed once per run
+            self._spectrum = _train_spectrum(datamodule, tuple(size), self.warn)
+        return self._spectrum if self._spectrum.numel() else None
+
+
+def _train_spectrum(datamodule: Any, size: tuple[int, ...], warn: WarnOnce) -> Tensor:
+    """Radial log spectrum of (up to :data:`SPECTRUM_IMAGES`) training images; empty without them."""
+    split = getattr(datamodule, "split", None)
+    images = split("train")[0] if callable(split) else None
+    if images is not None and images.ndim == 4 and images.shape[1] == 3 and tuple(images.shape[-2:]) == size:
+        return reference_spectrum(images, min(size), max_images=SPECTRUM_IMAGES)
+    shape = "none" if images is None else tuple(images.shape[1:])
+    message = f"training images: {shape}; renders: {size} px; it needs a datamodule with split('train')"
+    warn("spectrum", f"FeatureVisCallback: no spectral_gap ({message}).", info=True)
+    return torch.empty(0)
+
+
+__all__ = ["SPECTRUM_IMAGES", "RunScorer"]
