@@ -28,11 +28,12 @@ from helpers import (
     read_scalars,
 )
 from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import TensorDataset
 
 import featvis.basis
 from featvis import images as img
 from featvis.callback import FeatureVisCallback
-from featvis.colour import ColourTransform
+from featvis.colour import ColourTransform, InputConvention
 from featvis.engine import RenderConfig
 
 # TinyClassifier: 48 training samples in batches of 16, so every epoch ends 3 global steps after the last one.
@@ -629,3 +630,48 @@ def test_resumed_run_renders_in_the_checkpoints_basis_without_refitting(tmp_path
     resumed = _png_bytes(fit(tmp_path / "b", 2, next(first.rglob("*.ckpt"))) / "featvis")
     assert resumed.keys() == uninterrupted.keys() and any(k.startswith("epoch_002") for k in resumed)
     assert [k for k in resumed if resumed[k] != uninterrupted[k]] == []
+
+
+# ---------------------------------------------------------------------------------------------- input conventions
+
+
+class GreyNet(TinyClassifier):
+    """A 1-channel model on ``(grey - 0.5) / 0.25`` images, with no colour transform of its own."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        del self.colour
+        self.net.conv = torch.nn.Conv2d(1, 6, 3, padding=1)
+
+    def _data(self, seed):
+        g = torch.Generator().manual_seed(seed)
+        labels = torch.randint(0, self.num_classes, (self.samples,), generator=g)
+        grey = (
+            0.5 + 0.1 * torch.randn(self.samples, 1, SIZE, SIZE, generator=g) + 0.1 * labels.view(-1, 1, 1, 1)
+        )
+        return TensorDataset((grey.clamp(0, 1) - 0.5) / 0.25, labels)
+
+
+def test_grayscale_model_renders_grey_pictures_in_a_learned_one_channel_basis(tmp_path):
+    convention = InputConvention(mean=[0.5], std=[0.25], order="L")
+    callback = FeatureVisCallback(input_convention=convention, config=FAST)
+    make_trainer(tmp_path, [callback], epochs=1, logger=False, enable_checkpointing=False).fit(GreyNet())
+    for name in CLASSES:
+        picture = img.load_png(tmp_path / "featvis" / "epoch_001" / name / "0.png")
+        assert picture.shape == (3, SIZE, SIZE) and float(picture.std()) > 0.002  # not flat (3 steps only)
+        assert torch.equal(picture[0], picture[1]) and torch.equal(picture[1], picture[2])  # grey
+    basis = callback._basis.transform
+    assert basis is not None and basis.channels == 1
+    # The 1-D basis is the grey level's mean and spread in the training images, mapped back through the convention.
+    grey = GreyNet()._data(0).tensors[0] * 0.25 + 0.5
+    assert abs(float(basis.mean) - float(grey.mean())) < 1e-4
+    assert abs(float(basis.inverse) - float(grey.std(correction=0))) < 1e-4
+    assert callback.state_dict()["render"]["convention"]["order"] == "L"
+
+
+def test_a_three_channel_convention_on_a_grey_model_names_the_fix(tmp_path):
+    callback = FeatureVisCallback(normalization_mean=RGB_MEAN, normalization_std=RGB_STD, config=FAST)
+    with pytest.raises(ValueError, match="order='L'") as caught:
+        make_trainer(tmp_path, [callback], epochs=1, logger=False).fit(GreyNet())
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "featvis").exists()  # refused before the first render, nothing written
