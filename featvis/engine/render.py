@@ -57,6 +57,8 @@ class RenderResult:
             forward pass as ``values``.
         targets: the objectives, in order.
         seconds: wall-clock time of the render.
+        parameters: the final image parameters of all ``T * K`` images (one leaf, detached, on the CPU): pass
+            them as ``render(..., start=...)`` to warm-start a later render of the same targets.
     """
 
     rgb: Tensor
@@ -65,6 +67,7 @@ class RenderResult:
     logits: Tensor
     targets: tuple[Objective, ...]
     seconds: float
+    parameters: Tensor | None = None
 
     @property
     def descriptions(self) -> list[str]:
@@ -93,6 +96,7 @@ def render(
     basis: ColourTransform | None = None,
     class_names: Sequence[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    start: Tensor | None = None,
     **overrides: Any,
 ) -> RenderResult:
     """Optimise ``images_per_target`` images for each target, all targets in one batch.
@@ -113,6 +117,8 @@ def render(
             pair, in a neutral basis (mean grey 0.5, standard deviation 0.25 per channel, no mixing).
         class_names: captions of class targets; None takes ``model.class_names`` when present.
         progress: called as ``progress(done_steps, total_steps)`` after every step (e.g. a progress bar).
+        start: warm start: the image parameters to begin from instead of random noise, e.g. an earlier render's
+            :attr:`RenderResult.parameters` (same targets, images per target, size and parameterisation).
         **overrides: settings that replace those of ``config``, e.g. ``steps=32``.
 
     Returns:
@@ -192,6 +198,15 @@ def render(
                 dtype=dtype,
                 channels=channels,
             )
+            if start is not None:
+                if tuple(start.shape) != tuple(full.parameter.shape):
+                    raise ValueError(
+                        f"start has shape {tuple(start.shape)} but this render's image parameters have shape "
+                        f"{tuple(full.parameter.shape)}; pass the parameters of a render of the same targets, "
+                        "images per target, image size and parameterisation, or start=None."
+                    )
+                with torch.no_grad():  # the random draw above still happens, so later draws are unchanged
+                    full.parameter.copy_(start.to(full.parameter))
             params = full.split([(stop - begin) * images_per_target for begin, stop in bounds])
             leaves = [param.parameter for param in params]
             optimizer = config.optimizer
@@ -231,6 +246,7 @@ def render(
         logits=logits.reshape(count, images_per_target, -1),
         targets=tuple(objectives),
         seconds=time.perf_counter() - start_time,
+        parameters=torch.cat([param.parameter.detach() for param in params]).cpu(),
     )
 
 

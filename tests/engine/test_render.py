@@ -483,3 +483,24 @@ def test_larger_and_non_square_images_render_with_the_default_transforms(size: i
     )
     assert torch.isfinite(result.model_input).all() and torch.isfinite(result.values).all()
     assert result.rgb.min().item() >= 0 and result.rgb.max().item() <= 1
+
+
+def test_a_warm_start_continues_from_the_given_parameters() -> None:
+    net, colour, targets = TinyNet(), _colour(), [ClassLogit(1), Channel("features.conv2", 2)]
+    first = render(net, targets, colour=colour, **{**FAST, "steps": 30})
+    assert first.parameters is not None
+    # No steps: the warm-started images are exactly the earlier render's, a cold start's are noise.
+    again = render(net, targets, colour=colour, start=first.parameters, **{**FAST, "steps": 0})
+    assert torch.equal(again.rgb, first.rgb) and torch.equal(again.values, first.values)
+    cold = render(net, targets, colour=colour, **{**FAST, "steps": 0})
+    assert float((cold.rgb - first.rgb).abs().max()) > 0.05
+    # A few more steps from there go on from the earlier value instead of starting over.
+    more = render(net, targets, colour=colour, start=first.parameters, **{**FAST, "steps": 5})
+    short = render(net, targets, colour=colour, **{**FAST, "steps": 5})
+    assert (more.values > short.values).all(), (more.values, short.values)
+
+
+def test_a_warm_start_of_another_shape_names_the_fix() -> None:
+    first = render(TinyNet(), [ClassLogit(1)], colour=_colour(), **FAST)
+    with pytest.raises(ValueError, match="pass the parameters of a render of the same targets"):
+        render(TinyNet(), [ClassLogit(1), ClassLogit(2)], colour=_colour(), start=first.parameters, **FAST)
