@@ -8,17 +8,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
+import lightning as L
+import torch
 import yaml
+from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 from benchmarks.reference_models import cifar_folder, load_reference
 from featvis.cifar import read_class_names, read_split
-from featvis.engine import RenderConfig
+from featvis.cli.fit import main as featvis_main
+from featvis.engine import RenderConfig, resolve_autocast
 from featvis.quality import RGBInput, score_render
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,3 +182,151 @@ def quality_scores(
         result["robustness"] = scores["robustness"]
         result["diversity"] = scores.get("diversity", float("nan"))
     return result
+
+
+def machine_label() -> dict[str, Any]:
+    """The CPU model (``lscpu``'s ``Model name``, else ``platform``), core count, native bf16, torch threads, GPU."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        listing = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False).stdout
+        cpu = next(
+            (line.split(":", 1)[1].strip() for line in listing.splitlines() if "Model name" in line), cpu
+        )
+    except (OSError, subprocess.SubprocessError):  # no lscpu (macOS, minimal containers): platform's name
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "native_bf16": resolve_autocast("auto", torch.device("cpu"), torch.float32) is not None,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+class FitTimer(Callback):
+    """Times a fit from inside, epoch by epoch, and records the per-epoch validation accuracy.
+
+    Per training epoch: ``epoch_seconds`` from ``on_train_epoch_start`` to ``on_train_epoch_end`` (validation, the
+    FeatureVisCallback's render and the checkpoint happen inside it), ``train_seconds`` up to the start of that
+    epoch's validation (or the epoch's end), ``val_seconds`` of the validation loop, ``steps`` and ``images``
+    trained, and the logged ``val/acc_<n>view`` (``accuracy``, named by ``accuracy_name``). The sanity check is
+    not counted. Add it to ``featvis fit`` with ``--trainer.callbacks+=benchmarks.common.FitTimer``.
+    """
+
+    def __init__(self) -> None:
+        self.epoch_seconds: list[float] = []
+        self.train_seconds: list[float] = []
+        self.val_seconds: list[float] = []
+        self.steps: list[int] = []
+        self.images: list[int] = []
+        self.accuracy: list[float] = []
+        self.accuracy_name: str | None = None
+        self._epoch_start = self._val_start = 0.0
+        self._train_end: float | None = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        _sync()
+        self._epoch_start, self._train_end = time.perf_counter(), None
+        self.steps.append(0)
+        self.images.append(0)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.steps[-1] += 1
+        self.images[-1] += int(batch[1].shape[0])
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        _sync()
+        self._val_start = time.perf_counter()
+        if self._train_end is None and trainer.state.fn == "fit":
+            self._train_end = self._val_start
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            _sync()
+            self.val_seconds.append(time.perf_counter() - self._val_start)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        names = sorted(key for key in trainer.callback_metrics if key.startswith("val/acc"))
+        if trainer.sanity_checking or not names:
+            return
+        self.accuracy_name = names[0]
+        self.accuracy.append(float(trainer.callback_metrics[names[0]]))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        _sync()
+        end = time.perf_counter()
+        self.epoch_seconds.append(end - self._epoch_start)
+        self.train_seconds.append((self._train_end or end) - self._epoch_start)
+
+
+def logged_scalars(log_dir: str | Path | None, tag: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of scalar ``tag`` in the TensorBoard event files below ``log_dir``, in step order."""
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    values: list[tuple[int, float]] = []
+    for path in sorted(Path(log_dir).rglob("events.out.tfevents.*")) if log_dir else []:
+        events = EventAccumulator(str(path), size_guidance={SCALARS: 0})
+        events.Reload()
+        if tag in events.Tags()["scalars"]:
+            values += [(event.step, event.value) for event in events.Scalars(tag)]
+    return sorted(values)
+
+
+def run_featvis_fit(data_dir: str | Path, log_dir: str | Path, extra: Sequence[str] = ()) -> tuple[dict, Any]:
+    """Run ``featvis fit --config configs/cifar10.yaml`` in this process and time it with :class:`FitTimer`.
+
+    Args:
+        data_dir: the ``data.data_dir`` holding ``cifar-10-batches-py`` (never downloaded).
+        log_dir: the TensorBoard logger's ``save_dir`` (checkpoints and the callback's PNGs go below it).
+        extra: more ``featvis fit`` arguments, e.g. ``["--trainer.max_epochs", "2"]``.
+
+    Returns:
+        The summary (``wall_seconds`` of the whole fit, the :class:`FitTimer` lists, ``render_seconds`` per epoch
+        and ``render_before_training`` from the logged ``featvis/render_seconds``, ``final_tta_accuracy``: the
+        ``test/acc`` logged at the end of fit, NaN if none, ``precision``, ``device``) and the finished CLI.
+
+    Raises:
+        FileNotFoundError: ``data_dir`` holds no ``cifar-10-batches-py``.
+    """
+    if not (Path(data_dir) / "cifar-10-batches-py").is_dir():
+        raise FileNotFoundError(f"{data_dir} holds no cifar-10-batches-py folder; pass --data <data_dir>.")
+    args = ["fit", "--config", str(CONFIG), "--data.data_dir", str(data_dir), "--data.download", "false"]
+    args += ["--trainer.logger.init_args.save_dir", str(log_dir)]
+    args += ["--trainer.callbacks+=benchmarks.common.FitTimer", *extra]
+    start = time.perf_counter()
+    with mock.patch.object(
+        sys, "argv", sys.argv[:1]
+    ):  # LightningCLI warns when it also sees our own arguments
+        cli = featvis_main(args)
+    wall = time.perf_counter() - start
+    assert cli is not None  # main returns the CLI after a run
+    trainer = cli.trainer
+    timer = next(c for c in trainer.callbacks if isinstance(c, FitTimer))  # type: ignore[attr-defined]
+    renders = logged_scalars(trainer.log_dir, "featvis/render_seconds")
+    final = trainer.callback_metrics.get("test/acc")
+    summary = {
+        "wall_seconds": wall,
+        "epochs": len(timer.epoch_seconds),
+        "epoch_seconds": timer.epoch_seconds,
+        "train_seconds": timer.train_seconds,
+        "val_seconds": timer.val_seconds,
+        "steps": timer.steps,
+        "images": timer.images,
+        "accuracy_name": timer.accuracy_name,
+        "accuracy": timer.accuracy,
+        "render_before_training": next((value for step, value in renders if step == 0), float("nan")),
+        "render_seconds": [value for step, value in renders if step > 0],
+        "final_tta_accuracy": float("nan") if final is None else float(final),
+        "precision": str(trainer.precision),
+        "device": str(cli.model.device),
+    }
+    return summary, cli

@@ -183,6 +183,11 @@ class CIFARDataModule(L.LightningDataModule):
     def num_classes(self) -> int:
         return NUM_CLASSES
 
+    @property
+    def val_is_test(self) -> bool:
+        """True when validation runs on the test split (``val_size`` 0), so a validation score is a test score."""
+        return self.hparams["val_size"] == 0
+
     def prepare_data(self) -> None:
         """Download and extract the official archive if the folder is missing and ``download`` is set."""
         if self.folder.is_dir():

@@ -17,6 +17,13 @@ from featvis.colour import ColourTransform
 
 TTAMode = Literal["none", "flip", "flip_translate"]
 TTA_MODES: tuple[str, ...] = get_args(TTAMode)
+#: Forward passes per image of each test-time augmentation; accuracy names carry it (``val/acc_1view``).
+TTA_VIEWS: dict[str, int] = {"none": 1, "flip": 2, "flip_translate": 6}
+
+
+def accuracy_name(split: str, tta: str) -> str:
+    """The logged name of the accuracy of ``split`` under test-time augmentation ``tta``, e.g. ``val/acc_1view``."""
+    return f"{split}/acc_{TTA_VIEWS[tta]}view"
 
 
 def _check_tta(name: str, mode: object) -> None:
@@ -216,12 +223,17 @@ class ClassifierModule(L.LightningModule):
         initial_lr_fraction: learning rate at the first step, as a fraction of ``lr``.
         final_lr_fraction: learning rate at the end of training, as a fraction of ``lr``.
         channels_last: keep weights and activations in channels-last memory format (faster convs with bf16).
-        tta: test-time augmentation in validation and test: ``"none"``; ``"flip"`` averages the logits of each
-            image and its mirror image; ``"flip_translate"`` also averages mirrored views shifted by one pixel
-            (six forward passes, about 0.2 points more accurate).
-        val_tta: test-time augmentation of the validation passes only (the per-epoch ``val/acc``); None uses
-            ``tta``. A cheaper setting such as ``"flip"`` shortens every epoch of a long run while ``test`` and
-            ``predict`` keep ``tta``.
+        tta: test-time augmentation of ``test`` (``test/acc``), ``predict`` and the end of fit: ``"none"``;
+            ``"flip"`` averages the logits of each image and its mirror image; ``"flip_translate"`` also averages
+            mirrored views shifted by one pixel (six forward passes, about 0.2 points more accurate).
+        val_tta: test-time augmentation of the per-epoch validation, logged as ``val/acc_<n>view`` with ``n`` its
+            forward passes per image (1, 2 or 6); None uses ``tta``. The default ``"none"`` (``val/acc_1view``)
+            keeps validation at a sixth of the 6-view cost. ``val/loss`` is always the loss of the plain (1-view)
+            logits. The validation that ends fit (at ``max_epochs`` or ``max_steps``) also evaluates ``tta`` on
+            the same batches, from the plain view already computed, and logs it once: as ``test/acc`` when the
+            validation split is the test split (a datamodule with ``val_is_test`` true, such as
+            ``CIFARDataModule`` with ``val_size`` 0, the default), else as ``val/acc_<n>view``. A fit ended by
+            early stopping or ``max_time`` does not log it; run ``featvis test`` for that number.
         class_names: names of the classes; filled in from the datamodule when it has them.
     """
 
@@ -240,7 +252,7 @@ class ClassifierModule(L.LightningModule):
         final_lr_fraction: float = 0.0,
         channels_last: bool = True,
         tta: TTAMode = "flip",
-        val_tta: TTAMode | None = None,
+        val_tta: TTAMode | None = "none",
         class_names: list[str] | None = None,
     ) -> None:
         super().__init__()
@@ -270,6 +282,9 @@ class ClassifierModule(L.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        # The full-`tta` accuracy of the validation that ends fit, and its logged name (None in other passes).
+        self.final_acc = MulticlassAccuracy(num_classes, average="micro")
+        self._final_name: str | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -289,8 +304,19 @@ class ClassifierModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.class_names = list(checkpoint.get("class_names", self.class_names))
 
-    def _mirror_average(self, images: Tensor) -> Tensor:
-        return (self(images) + self(images.flip(3))) / 2
+    def _views(self, images: Tensor, tta: str, plain: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(logits of the plain view, logits averaged over the views of tta)``; ``plain`` reuses the first."""
+        plain = self(images) if plain is None else plain
+        if tta == "none":
+            return plain, plain
+        logits = (plain + self(images.flip(3))) / 2
+        if tta == "flip_translate":
+            height, width = images.shape[-2:]
+            padded = F.pad(images, (1, 1, 1, 1), mode="reflect")
+            shifted = [padded[..., :height, :width], padded[..., 2:, 2:]]
+            mirrored = [(self(view) + self(view.flip(3))) / 2 for view in shifted]
+            logits = (logits + (mirrored[0] + mirrored[1]) / 2) / 2
+        return plain, logits
 
     def predict_logits(self, images: Tensor, tta: str | None = None) -> Tensor:
         """Logits averaged over the views of a test-time augmentation.
@@ -301,15 +327,7 @@ class ClassifierModule(L.LightningModule):
         """
         tta = self.hparams["tta"] if tta is None else tta
         _check_tta("tta", tta)
-        if tta == "none":
-            return self(images)
-        logits = self._mirror_average(images)
-        if tta == "flip_translate":
-            height, width = images.shape[-2:]
-            padded = F.pad(images, (1, 1, 1, 1), mode="reflect")
-            shifted = [padded[..., :height, :width], padded[..., 2:, 2:]]
-            logits = (logits + sum(self._mirror_average(view) for view in shifted) / 2) / 2
-        return logits
+        return self._views(images, tta)[1]
 
     def on_train_batch_start(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         # The whitening stem is fitted once, from the first (augmented, model-space) training batch; a resumed
@@ -318,28 +336,56 @@ class ClassifierModule(L.LightningModule):
         if isinstance(stem, PatchWhitening) and not bool(stem.fitted):
             stem.fit(batch[0].float())
 
-    def _step(
-        self, batch: tuple[Tensor, Tensor], metric: MulticlassAccuracy, tta: str | None = None
-    ) -> tuple[Tensor, Tensor]:
-        images, labels = batch
-        logits = self(images) if self.training else self.predict_logits(images, tta)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.hparams["label_smoothing"])
-        metric.update(logits.detach(), labels)
-        return loss, logits
+    def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        return F.cross_entropy(logits.float(), labels, label_smoothing=self.hparams["label_smoothing"])
+
+    def _val_tta(self) -> str:
+        val_tta = self.hparams["val_tta"]
+        return self.hparams["tta"] if val_tta is None else val_tta
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss, _ = self._step(batch, self.train_acc)
+        images, labels = batch
+        logits = self(images)
+        loss = self._loss(logits, labels)
+        self.train_acc.update(logits.detach(), labels)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
+    def on_validation_epoch_start(self) -> None:
+        self._final_name = self._end_of_fit_name()
+
+    def _end_of_fit_name(self) -> str | None:
+        """The name of the full-``tta`` accuracy if this validation ends fit (see ``val_tta``), else None."""
+        trainer = self._trainer
+        if trainer is None or trainer.sanity_checking or trainer.state.fn != "fit":
+            return None
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        epoch_over = progress.is_last_batch or progress.current.ready >= trainer.num_training_batches
+        last_epoch = trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs
+        steps_done = trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps
+        if not (steps_done or (last_epoch and epoch_over)):
+            return None
+        if getattr(getattr(trainer, "datamodule", None), "val_is_test", False):
+            return "test/acc"
+        tta = self.hparams["tta"]
+        return None if tta == self._val_tta() else accuracy_name("val", tta)
+
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        loss, _ = self._step(batch, self.val_acc, self.hparams.get("val_tta"))
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True)
-        self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
+        images, labels = batch
+        tta, val_tta = self.hparams["tta"], self._val_tta()
+        plain, logits = self._views(images, val_tta)
+        self.val_acc.update(logits, labels)
+        self.log("val/loss", self._loss(plain, labels), on_epoch=True, prog_bar=True)
+        self.log(accuracy_name("val", val_tta), self.val_acc, on_epoch=True, prog_bar=True)
+        if self._final_name is not None:
+            full = logits if tta == val_tta else self._views(images, tta, plain)[1]
+            self.final_acc.update(full, labels)
+            self.log(self._final_name, self.final_acc, on_epoch=True)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._step(batch, self.test_acc)
+        images, labels = batch
+        self.test_acc.update(self.predict_logits(images), labels)
         self.log("test/acc", self.test_acc, on_epoch=True)
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -384,4 +430,12 @@ def load_classifier(checkpoint_path: str, map_location: str | torch.device = "cp
     return module.eval()
 
 
-__all__ = ["ClassifierModule", "SmallCNN", "SpeedNet", "build_network", "load_classifier"]
+__all__ = [
+    "TTA_VIEWS",
+    "ClassifierModule",
+    "SmallCNN",
+    "SpeedNet",
+    "accuracy_name",
+    "build_network",
+    "load_classifier",
+]

@@ -79,12 +79,12 @@ def test_fit_validate_test_on_synthetic_data(cifar_dir: Path, tmp_path: Path) ->
     assert (version_dir / "checkpoints" / "epoch00.ckpt").is_file()
     assert (version_dir / "config.yaml").is_file()
     scalars = _scalars(version_dir)
-    assert {"train/loss", "train/acc", "val/loss", "val/acc"} <= set(scalars)
-    assert len(scalars["val/acc"]) == 1 and 0.0 <= scalars["val/acc"][0] <= 1.0
+    assert {"train/loss", "train/acc", "val/loss", "val/acc_1view"} <= set(scalars)
+    assert len(scalars["val/acc_1view"]) == 1 and 0.0 <= scalars["val/acc_1view"][0] <= 1.0
     assert 0.0 <= scalars["train/acc"][0] <= 1.0
     assert len(scalars["train/loss"]) == 100 // 16 and all(v > 0 for v in scalars["train/loss"])
-    fit_val_acc = float(cli.trainer.callback_metrics["val/acc"])
-    assert fit_val_acc == pytest.approx(scalars["val/acc"][0], abs=1e-6)
+    fit_val_acc = float(cli.trainer.callback_metrics["val/acc_1view"])
+    assert fit_val_acc == pytest.approx(scalars["val/acc_1view"][0], abs=1e-6)
     # The config was applied: bf16 autocast (float32 where the CPU would emulate bf16), the default network, and
     # the linked number of classes.
     fast_bf16 = resolve_autocast("auto", torch.device("cpu"), torch.float32) is not None
@@ -99,14 +99,15 @@ def test_fit_validate_test_on_synthetic_data(cifar_dir: Path, tmp_path: Path) ->
     assert torch.equal(module.colour.matrix, cli.datamodule.colour.matrix)
 
     validated = main(["validate", *_common(cifar_dir, log_dir), "--ckpt_path", str(checkpoint)])
-    val_acc = float(validated.trainer.callback_metrics["val/acc"])
+    val_acc = float(validated.trainer.callback_metrics["val/acc_1view"])
     assert 0.0 <= val_acc <= 1.0
     # The same weights on the same (test) split give the accuracy logged at the end of fit.
     assert val_acc == pytest.approx(fit_val_acc, abs=1e-6)
 
     tested = main(["test", *_common(cifar_dir, log_dir), "--ckpt_path", str(checkpoint)])
     assert set(tested.trainer.callback_metrics) == {"test/acc"}
-    assert float(tested.trainer.callback_metrics["test/acc"]) == pytest.approx(fit_val_acc, abs=1e-6)
+    fit_test_acc = float(cli.trainer.callback_metrics["test/acc"])  # the full TTA at the end of fit
+    assert float(tested.trainer.callback_metrics["test/acc"]) == pytest.approx(fit_test_acc, abs=1e-6)
     # Each run logged into its own version folder.
     assert (log_dir / "cifar10" / "version_2").is_dir()
     # Nothing was written to the working directory (tmp_path) outside the given folders.
@@ -311,7 +312,7 @@ def test_resume_continues_in_the_checkpoints_run_folder(cifar_dir: Path, tmp_pat
     assert sorted(p.name for p in (log_dir / "cifar10").iterdir()) == ["version_0"]
     assert _epochs(run) == ["epoch_000", "epoch_001", "epoch_002"]
     assert len(list(run.glob("events.out.tfevents.*"))) == 2
-    assert len(_scalars(run)["val/acc"]) == 2
+    assert len(_scalars(run)["val/acc_1view"]) == 2
     assert {p.name for p in (run / "checkpoints").iterdir()} == {"epoch01.ckpt", "last.ckpt"}  # save_top_k=1
 
     # The opt-out logs into a new version.
@@ -373,10 +374,12 @@ def test_default_config_reaches_75_percent_in_two_epochs(real_cifar_dir: Path, t
             str(log_dir),
         ]
     )
-    val_acc = float(cli.trainer.callback_metrics["val/acc"])
-    assert val_acc >= 0.75, val_acc
+    # The full 6-view TTA at the end of fit: the number the 75% has always been measured with.
+    test_acc = float(cli.trainer.callback_metrics["test/acc"])
+    assert test_acc >= 0.75, test_acc
     scalars = _scalars(log_dir / "cifar10" / "version_0")
-    assert len(scalars["val/acc"]) == 2 and scalars["val/acc"][-1] == pytest.approx(val_acc, abs=1e-6)
+    assert len(scalars["val/acc_1view"]) == 2 and scalars["test/acc"] == [pytest.approx(test_acc, abs=1e-6)]
+    assert 0.5 < scalars["val/acc_1view"][-1] <= test_acc + 0.02  # one view: a little below the TTA
     module = load_classifier(str(log_dir / "cifar10" / "version_0" / "checkpoints" / "last.ckpt"))
     assert module.class_names == CLASS_NAMES
 

@@ -457,6 +457,7 @@ def test_each_batch_file_is_read_once(cifar_dir: Path, monkeypatch: pytest.Monke
 def test_validation_defaults_to_the_test_split(cifar_dir: Path) -> None:
     datamodule = CIFARDataModule(data_dir=str(cifar_dir), batch_size=8, eval_batch_size=7)
     datamodule.setup("fit")
+    assert datamodule.val_is_test
     test_images, test_labels = read_split(cifar_dir / CIFAR10_FOLDER, train=False)
     train_images, _ = read_split(cifar_dir / CIFAR10_FOLDER, train=True)
     for name in ("val", "test"):
@@ -476,6 +477,7 @@ def test_validation_defaults_to_the_test_split(cifar_dir: Path) -> None:
 def test_val_size_holds_out_disjoint_training_images(cifar_dir: Path) -> None:
     datamodule = CIFARDataModule(data_dir=str(cifar_dir), val_size=30, seed=1)
     datamodule.setup("fit")
+    assert not datamodule.val_is_test  # a validation score is not a test score here
     all_images, all_labels = read_split(cifar_dir / CIFAR10_FOLDER, train=True)
     train_images, train_labels = datamodule.split("train")
     val_images, val_labels = datamodule.split("val")

@@ -119,14 +119,14 @@ def _trainer(tmp_path: Path, logger: Logger, epochs: int) -> L.Trainer:
 
 
 def _accuracy(module: ClassifierModule, datamodule: CIFARDataModule) -> float:
-    """Accuracy on the validation split, with the flip test-time augmentation, computed by hand."""
+    """Accuracy on the validation split, one view per image (no test-time augmentation), computed by hand."""
     was_training = module.training
     module.eval()
     correct = total = 0
     with torch.no_grad():
         for images, labels in datamodule.val_dataloader():
             inputs = datamodule.colour.to_model(images.float() / 255)
-            logits = (module(inputs) + module(inputs.flip(3))) / 2
+            logits = module(inputs)
             correct += int((logits.argmax(dim=1) == labels).sum())
             total += labels.numel()
     module.train(was_training)
@@ -144,17 +144,23 @@ def test_fit_and_test_log_exactly_the_documented_metrics_and_checkpoint_round_tr
 
     trainer.fit(model, datamodule=datamodule)
 
-    assert logger.names() == {"train/loss", "train/acc", "val/loss", "val/acc"}
-    assert set(trainer.callback_metrics) == {"train/loss", "train/acc", "val/loss", "val/acc"}
+    names = {"train/loss", "train/acc", "val/loss", "val/acc_1view", "test/acc"}
+    assert logger.names() == names
+    assert set(trainer.callback_metrics) == names
     train_losses = [entry["train/loss"] for entry in logger.history if "train/loss" in entry]
     assert len(train_losses) == 2 * (100 // 16)  # one per step, every step (log_every_n_steps=1)
     assert all(math.isfinite(v) and v > 0 for v in train_losses)
-    val_accs = [entry["val/acc"] for entry in logger.history if "val/acc" in entry]
+    val_accs = [entry["val/acc_1view"] for entry in logger.history if "val/acc_1view" in entry]
     assert len(val_accs) == 2  # once per epoch
     assert all(0.0 <= v <= 1.0 for v in val_accs)
     assert 0.0 <= float(trainer.callback_metrics["train/acc"]) <= 1.0
-    # val/acc is the accuracy (with flip TTA) of the final weights on the validation split.
-    assert float(trainer.callback_metrics["val/acc"]) == pytest.approx(_accuracy(model, datamodule), abs=1e-6)
+    # val/acc_1view is the plain (no TTA) accuracy of the final weights on the validation split.
+    assert float(trainer.callback_metrics["val/acc_1view"]) == pytest.approx(
+        _accuracy(model, datamodule), abs=1e-6
+    )
+    # The end of fit logged the full-TTA test/acc once, with the last validation (which ran on the test split).
+    fit_tests = [entry for entry in logger.history if "test/acc" in entry]
+    assert len(fit_tests) == 1 and "val/acc_1view" in fit_tests[0] and 0.0 <= fit_tests[0]["test/acc"] <= 1.0
 
     # The module took the datamodule's colour transform and class names.
     assert torch.equal(model.colour.matrix, datamodule.colour.matrix)
@@ -165,8 +171,8 @@ def test_fit_and_test_log_exactly_the_documented_metrics_and_checkpoint_round_tr
     test_names = {key for entry in logger.history[test_logger_start:] for key in entry} - {"epoch"}
     assert test_names == {"test/acc"}
     assert set(results[0]) == {"test/acc"}
-    # Validation runs on the test split by default, so test/acc equals the last val/acc.
-    assert results[0]["test/acc"] == pytest.approx(val_accs[-1], abs=1e-6)
+    # The same weights, split and TTA: trainer.test reproduces the test/acc logged at the end of fit.
+    assert results[0]["test/acc"] == pytest.approx(fit_tests[0]["test/acc"], abs=1e-6)
 
     checkpoint_path = tmp_path / "ckpt" / "last.ckpt"
     assert checkpoint_path.is_file()
@@ -193,7 +199,7 @@ def test_training_learns_the_synthetic_classes(tmp_path: Path) -> None:
     datamodule.setup("fit")
     before = _accuracy(model, datamodule)
     trainer.fit(model, datamodule=datamodule)
-    after = float(trainer.callback_metrics["val/acc"])
+    after = float(trainer.callback_metrics["val/acc_1view"])
     # Each synthetic class is one colour plus noise: far above chance (0.1) after a few epochs.
     assert after >= 0.5, (before, after)
     assert after > before + 0.3
@@ -281,49 +287,91 @@ def test_batchnorm_biases_get_the_scaled_learning_rate_and_matching_decay(tmp_pa
     assert optimised == {id(p) for p in model.net.parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("tta", ["none", "flip", "flip_translate"])
-def test_test_time_augmentation_averages_the_documented_views(tta: str) -> None:
+@pytest.mark.parametrize("tta", ["flip", "flip_translate"])
+def test_test_time_augmentation_of_a_uniform_image_equals_its_plain_view(tta: str) -> None:
+    """Every mirrored and (reflect-padded) shifted view of a uniform image is that image, so the average of the
+    views equals one view; zero padding, or weights that do not sum to one, would change it."""
     model = ClassifierModule(widths=TINY_WIDTHS, tta=tta, channels_last=False).eval()
-    images = torch.randn(3, 3, 32, 32)
+    generator = torch.Generator().manual_seed(0)
+    uniform = torch.randn(4, 3, 1, 1, generator=generator).expand(4, 3, 32, 32).contiguous()
+    textured = torch.randn(4, 3, 32, 32, generator=generator)
     with torch.no_grad():
-        got = model.predict_logits(images)
-        padded = torch.nn.functional.pad(images, (1, 1, 1, 1), mode="reflect")
-        views = {
-            "none": [images],
-            "flip": [images, images.flip(3)],
-        }
-        if tta == "flip_translate":
-            up_left, down_right = padded[..., :32, :32], padded[..., 2:, 2:]
-            plain = (model(images) + model(images.flip(3))) / 2
-            shifted = [(model(v) + model(v.flip(3))) / 2 for v in (up_left, down_right)]
-            expected = (plain + (shifted[0] + shifted[1]) / 2) / 2
-        else:
-            expected = torch.stack([model(v) for v in views[tta]]).mean(0)
-    torch.testing.assert_close(got, expected)
-    if tta != "none":
-        assert not torch.allclose(got, model(images))
+        torch.testing.assert_close(model.predict_logits(uniform), model(uniform))
+        assert not torch.allclose(model.predict_logits(textured), model(textured), atol=1e-4)
+        assert torch.equal(model.predict_logits(textured, "none"), model(textured))
 
 
-def test_validation_uses_val_tta_while_test_keeps_tta() -> None:
-    model = ClassifierModule(
-        widths=TINY_WIDTHS, tta="flip_translate", val_tta="none", channels_last=False
-    ).eval()
-    images, labels = torch.randn(6, 3, 32, 32), torch.arange(6) % 10
-    modes: list[str | None] = []
-    configured = model.predict_logits
-
-    def recording(batch_images: torch.Tensor, tta: str | None = None) -> torch.Tensor:
-        modes.append(tta)
-        return configured(batch_images, tta)
-
-    model.predict_logits = recording  # type: ignore[method-assign]
-    with torch.no_grad(), pytest.warns(UserWarning, match="self.log"):
-        model.validation_step((images, labels), 0)
-        model.test_step((images, labels), 0)
-        plain = model(images).argmax(1)
-        full = model.predict_logits(images, "flip_translate").argmax(1)
-    assert modes[:2] == ["none", None]
-    assert model.val_acc.compute().item() == pytest.approx((plain == labels).float().mean().item())
-    assert model.test_acc.compute().item() == pytest.approx((full == labels).float().mean().item())
+def test_flip_tta_is_mirror_invariant_and_flip_translate_adds_views() -> None:
+    model = ClassifierModule(widths=TINY_WIDTHS, channels_last=False).eval()
+    images = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        # The network itself is not mirror-invariant; its flip-averaged prediction is.
+        assert not torch.allclose(model(images.flip(3)), model(images), atol=1e-4)
+        flip = model.predict_logits(images, "flip")
+        torch.testing.assert_close(model.predict_logits(images.flip(3), "flip"), flip)
+        assert not torch.allclose(model.predict_logits(images, "flip_translate"), flip, atol=1e-4)
     with pytest.raises(ValueError, match="tta"):
-        configured(images, "mirror")
+        model.predict_logits(images, "mirror")
+
+
+def _count_images(model: ClassifierModule) -> list[tuple[str, int, int]]:
+    """``(stage, epoch, images)`` of every forward pass of ``model.net`` while it runs under a trainer."""
+    seen: list[tuple[str, int, int]] = []
+
+    def hook(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        trainer = model.trainer
+        seen.append((str(trainer.state.stage.value), trainer.current_epoch, inputs[0].shape[0]))
+
+    model.net.register_forward_hook(hook)
+    return seen
+
+
+@pytest.mark.parametrize(("val_size", "final_name"), [(0, "test/acc"), (40, "val/acc_6view")])
+def test_validation_sees_each_image_once_per_epoch_and_the_end_of_fit_six_times(
+    cifar_dir: Path, tmp_path: Path, val_size: int, final_name: str
+) -> None:
+    datamodule = CIFARDataModule(data_dir=str(cifar_dir), batch_size=20, eval_batch_size=8, val_size=val_size)
+    model = ClassifierModule(widths=TINY_WIDTHS, tta="flip_translate")  # val_tta at its default
+    seen = _count_images(model)
+    logger = RecordingLogger()
+    trainer = _trainer(tmp_path, logger, epochs=3)
+    trainer.fit(model, datamodule=datamodule)
+
+    val_images = 20 if val_size == 0 else val_size  # the synthetic test split has 20 images
+    per_epoch = [sum(n for stage, e, n in seen if stage == "validate" and e == epoch) for epoch in range(3)]
+    assert per_epoch == [val_images, val_images, 6 * val_images]
+    assert sum(n for stage, _, n in seen if stage == "sanity_check") == 16  # two batches of 8, one view
+    assert sum(n for stage, _, n in seen if stage == "train") == 3 * (100 - val_size)
+    assert len([e for e in logger.history if "val/acc_1view" in e]) == 3
+    finals = [entry[final_name] for entry in logger.history if final_name in entry]
+    assert len(finals) == 1 and 0.0 <= finals[0] <= 1.0
+    # Named after the split it ran on: never both names.
+    assert logger.names() - {final_name} == {"train/loss", "train/acc", "val/loss", "val/acc_1view"}
+
+    seen.clear()
+    trainer.test(model, datamodule=datamodule, verbose=False)
+    assert sum(n for stage, _, n in seen if stage == "test") == 6 * 20
+
+
+class _MirrorSymmetric(torch.nn.Module):
+    """A network made mirror-invariant: its logits average those of the image and its mirror image."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.inner(x) + self.inner(x.flip(3))) / 2
+
+
+def test_end_of_fit_flip_tta_of_a_mirror_invariant_model_equals_its_one_view_accuracy(
+    cifar_dir: Path, tmp_path: Path
+) -> None:
+    datamodule = CIFARDataModule(data_dir=str(cifar_dir), batch_size=20, eval_batch_size=8)
+    model = ClassifierModule(widths=TINY_WIDTHS, tta="flip", lr=0.05)
+    model.net = _MirrorSymmetric(model.net)
+    logger = RecordingLogger()
+    _trainer(tmp_path, logger, epochs=1).fit(model, datamodule=datamodule)
+    (last,) = [entry for entry in logger.history if "test/acc" in entry]
+    assert last["test/acc"] == pytest.approx(last["val/acc_1view"], abs=1e-6)
+    assert last["val/acc_1view"] == pytest.approx(_accuracy(model, datamodule), abs=1e-6)
