@@ -53,8 +53,8 @@ class FeatureVisCallback(Callback):
     Logged (``<prefix>`` is ``featvis`` by default; ``<tag>`` is a class name, or ``<layer>.ch<c>`` /
     ``<layer>.neuron<c>``): TensorBoard images ``<prefix>/<tag>``, ``<prefix>/all`` and, at the end of fit,
     ``<prefix>/timeline`` (tags and epoch numbers in its margins); scalars ``<prefix>/target_prob``,
-    ``<prefix>/objective``, ``<prefix>/render_seconds``, with ``metrics`` also ``robustness``, ``spectral_gap`` and
-    ``diversity``, with ``reference_model`` ``transfer_acc``; PNG files under
+    ``<prefix>/objective``, ``<prefix>/render_seconds``, with ``metrics`` also ``robustness``, ``spectral_gap``,
+    ``colour_distance`` and ``diversity``, with ``reference_model`` ``transfer_acc``; PNG files under
     ``<log_dir>/<prefix>/epoch_<NNN>/<tag>/<i>.png`` (each epoch's folder written as a whole, with a manifest) and
     ``timeline.png``. A resumed run first deletes the epoch folders featvis wrote that its checkpoint does not
     cover (a killed run's last render), so the PNGs match the checkpoint and the logs.

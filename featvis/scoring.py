@@ -1,8 +1,8 @@
 """The quality scalars a run logs beside each render: one scorer per callback, holding what it needs between epochs.
 
 :func:`featvis.quality.score_render` does the measuring; :class:`RunScorer` only gathers its inputs during a run:
-the rendered model seen from RGB, the training images' spectrum (computed once per run from the datamodule's
-``split("train")``), and an optional reference classifier (a checkpoint path loaded at setup, or a module). It
+the rendered model seen from RGB, the training images' spectrum and a sample of their colours (both taken once per
+run from the datamodule's ``split("train")``, for ``spectral_gap`` and ``colour_distance``), and an optional reference classifier (a checkpoint path loaded at setup, or a module). It
 renames the scores to the scalar names the callback has logged since its first release.
 """
 
@@ -19,7 +19,8 @@ from featvis.engine import fork_rng
 from featvis.outputs import WarnOnce
 from featvis.quality import RGBInput, reference_spectrum, score_render
 
-#: Training images the spectrum is computed from (evenly spaced): a stable mean spectrum, in a fraction of a second.
+#: Training images the spectrum and the colour statistics are computed from (evenly spaced): stable means, in a
+#: fraction of a second.
 SPECTRUM_IMAGES = 5000
 
 
@@ -44,6 +45,7 @@ class RunScorer:
         self.metrics, self.reference_model, self.seed, self.warn = metrics, reference_model, seed, warn
         self._reference: nn.Module | None = None
         self._spectrum: Tensor | None = None
+        self._colours: Tensor | None = None  # uint8 training images for colour_distance; empty without them
 
     @property
     def active(self) -> bool:
@@ -82,6 +84,9 @@ class RunScorer:
                 classes,
                 model=RGBInput(model, colour) if self.metrics else None,
                 spectrum=self._spectrum_for(datamodule, rgb.shape[-2:]) if self.metrics else None,
+                real_colours=self._colours
+                if self.metrics and self._colours is not None and len(self._colours)
+                else None,
                 references=references,
                 robustness_repeats=4,
                 seed=self.seed + 1,  # fresh transforms: the render's own seed differs
@@ -95,20 +100,21 @@ class RunScorer:
 
     def _spectrum_for(self, datamodule: Any, size: torch.Size) -> Tensor | None:
         if self._spectrum is None:  # computed once per run
-            self._spectrum = _train_spectrum(datamodule, tuple(size), self.warn)
+            self._spectrum, self._colours = _train_statistics(datamodule, tuple(size), self.warn)
         return self._spectrum if self._spectrum.numel() else None
 
 
-def _train_spectrum(datamodule: Any, size: tuple[int, ...], warn: WarnOnce) -> Tensor:
-    """Radial log spectrum of (up to :data:`SPECTRUM_IMAGES`) training images; empty without them."""
+def _train_statistics(datamodule: Any, size: tuple[int, ...], warn: WarnOnce) -> tuple[Tensor, Tensor]:
+    """Radial log spectrum and colour sample of (up to :data:`SPECTRUM_IMAGES`) training images; empty without."""
     split = getattr(datamodule, "split", None)
     images = split("train")[0] if callable(split) else None
     if images is not None and images.ndim == 4 and images.shape[1] == 3 and tuple(images.shape[-2:]) == size:
-        return reference_spectrum(images, min(size), max_images=SPECTRUM_IMAGES)
+        sample = images[:: max(1, images.shape[0] // SPECTRUM_IMAGES)][:SPECTRUM_IMAGES]
+        return reference_spectrum(sample, min(size)), sample
     shape = "none" if images is None else tuple(images.shape[1:])
     message = f"training images: {shape}; renders: {size} px; it needs a datamodule with split('train')"
-    warn("spectrum", f"FeatureVisCallback: no spectral_gap ({message}).", info=True)
-    return torch.empty(0)
+    warn("spectrum", f"FeatureVisCallback: no spectral_gap or colour_distance ({message}).", info=True)
+    return torch.empty(0), torch.empty(0)
 
 
 __all__ = ["SPECTRUM_IMAGES", "RunScorer"]

@@ -465,8 +465,11 @@ def test_classifier_module_with_cifar_datamodule(tmp_path, cifar_dir):
     batches = (
         5 * 20 // 50
     )  # the fixture's 5 x 20 training images in batches of 50 (a partial batch is dropped)
-    for tag in ("target_prob", "robustness", "spectral_gap", "diversity"):
+    for tag in ("target_prob", "robustness", "spectral_gap", "diversity", "colour_distance"):
         assert events["scalars"][f"featvis/{tag}"] == [0, batches], tag
+    # The colour distance to the training images: finite, and far from zero for renders of 2 steps (near-grey).
+    colour_distance = read_scalars(log_dir, "featvis/colour_distance")
+    assert all(0.02 < value < 2.2 for _, value in colour_distance), colour_distance
     assert img.load_png(log_dir / "featvis" / "epoch_001" / "cat" / "1.png").shape == (3, 32, 32)
     assert callback._colour(trainer, None) is datamodule.colour  # the datamodule's decorrelated colours
 
