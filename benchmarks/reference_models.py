@@ -280,7 +280,8 @@ def train_reference(
         warmup_fraction: fraction of the steps spent warming the learning rate up from 0; it then decays
             linearly to 0.
         widths: channel widths; None takes the architecture's defaults.
-        bf16: train under bf16 autocast (about 2.5x faster than float32 on CPUs with AMX/AVX-512 bf16).
+        bf16: train under bf16 autocast (about 2.5x faster than float32 on CPUs with AMX/AVX-512 bf16, about 20x
+            slower on CPUs that only emulate it, such as AVX2-only ones).
         log: receives one progress line per epoch; None is silent.
 
     Returns:
