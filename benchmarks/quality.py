@@ -40,8 +40,8 @@ from benchmarks.common import (
     write_json,
 )
 from benchmarks.reference_models import ARCHITECTURES, train_reference
-from featvis.images import load_png, safe_name, write_image_folder
 from featvis.engine import resolve_autocast
+from featvis.images import load_png, safe_name, write_image_folder
 from featvis.quality import reference_spectrum
 
 
