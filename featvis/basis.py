@@ -174,15 +174,7 @@ def read_training_images(
         count = len(dataset)
         picked = min(count, max_images)
         dataset = Subset(dataset, [i * count // picked for i in range(picked)])
-    batched = loader.batch_sampler is not None  # else the dataset yields whole batches itself
-    private = DataLoader(
-        dataset,
-        batch_size=(loader.batch_size or _BATCH) if batched else None,
-        collate_fn=loader.collate_fn,
-        num_workers=loader.num_workers,
-        worker_init_fn=loader.worker_init_fn,
-        multiprocessing_context=loader.multiprocessing_context if loader.num_workers else None,
-    )
+    private = private_loader(loader, dataset)
     to_rgb = colour.copy("cpu", torch.float32).to_rgb
     parts: list[Tensor] = []
     read = 0
@@ -197,6 +189,26 @@ def read_training_images(
         if read >= max_images:
             break
     return torch.cat(parts) if parts else None
+
+
+def private_loader(loader: DataLoader, dataset: Any) -> DataLoader:
+    """A loader of ``dataset`` in order, with ``loader``'s batch size, ``collate_fn`` and workers, and no sampler.
+
+    Reading through it leaves ``loader``, its sampler and its generators untouched (see the module docstring).
+
+    Args:
+        loader: the run's training dataloader.
+        dataset: what to read, e.g. a ``Subset`` of ``loader.dataset``.
+    """
+    batched = loader.batch_sampler is not None  # else the dataset yields whole batches itself
+    return DataLoader(
+        dataset,
+        batch_size=(loader.batch_size or _BATCH) if batched else None,
+        collate_fn=loader.collate_fn,
+        num_workers=loader.num_workers,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context if loader.num_workers else None,
+    )
 
 
 def range_problem(rgb: Tensor, basis: ColourTransform) -> str | None:
@@ -257,4 +269,11 @@ def _images_in(batch: object, channels: int = 3) -> Tensor | None:
     return None
 
 
-__all__ = ["MAX_IMAGES", "LearnedBasis", "forked_random_states", "range_problem", "read_training_images"]
+__all__ = [
+    "MAX_IMAGES",
+    "LearnedBasis",
+    "forked_random_states",
+    "private_loader",
+    "range_problem",
+    "read_training_images",
+]

@@ -12,6 +12,28 @@ It leaves training untouched: the engine restores train/eval flags, never writes
 its randomness from a private generator seeded identically every epoch, and the callback additionally forks the
 global torch RNG around each render (the learned colour basis reads the training data through a private loader,
 with the torch, Python and NumPy random states restored).
+
+Logged (``<prefix>`` is ``featvis`` by default; ``<tag>`` is a class name, or ``<layer>.ch<c>`` /
+``<layer>.neuron<c>``): TensorBoard images ``<prefix>/<tag>``, ``<prefix>/all`` and, at the end of fit,
+``<prefix>/timeline`` (tags and epoch numbers in its margins); scalars ``<prefix>/target_prob``,
+``<prefix>/objective``, ``<prefix>/render_seconds``, with ``metrics`` also ``robustness``, ``spectral_gap``,
+``colour_distance`` and ``diversity``, with ``reference_model`` ``transfer_acc``; PNG files under
+``<log_dir>/<prefix>/epoch_<NNN>/<tag>/<i>.png`` (each epoch's folder written as a whole, with a manifest) and
+``timeline.png``. A resumed run first deletes the epoch folders featvis wrote that its checkpoint does not
+cover (a killed run's last render), so the PNGs match the checkpoint and the logs.
+
+The model's input space comes from ``input_convention`` (or its shortcut ``normalization_mean``/
+``normalization_std``), else the datamodule's or the LightningModule's ``colour``, else plain RGB in [0, 1].
+Without a ``colour`` of the run's own, images are optimised in a colour basis whitened from the training
+images (:mod:`featvis.basis`, saved in checkpoints; ``learn_basis=False`` optimises per input channel) while
+the model still gets its own input space. The image size comes from ``config.image_size``, the datamodule's
+or module's ``image_size`` or ``example_input_array``, else 32; class names from the datamodule's
+``classes``, else the module's ``class_names``, else the indices. The checkpoint state keeps the input
+convention, the basis, the image size, the class names and the render settings, so ``featvis render
+--model-class`` renders a checkpoint of any LightningModule as the run did.
+With ``sheets``, each layer's channel sheet (rendered channels beside their top probe-set examples,
+:mod:`featvis.hidden`) is logged as ``<prefix>/channels/<layer>`` and written as ``channels/<layer>.png`` in the
+epoch's PNG folder, with the scalars ``<prefix>/channels/<layer>/purity`` and ``<prefix>/channels/render_seconds``.
 """
 
 from __future__ import annotations
@@ -23,12 +45,13 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch import nn
+from torch import Tensor, nn
 
 from featvis.basis import LearnedBasis
 from featvis.colour import ColourTransform, InputConvention, InputSpace
 from featvis.engine import RenderConfig, class_names_of, device_and_dtype, fork_rng, render, resolve_layer
 from featvis.engine.checks import check_bool, check_int
+from featvis.hidden import ChannelSheets, SheetConfig
 from featvis.outputs import RenderOutputs, Timeline, WarnOnce
 from featvis.scoring import RunScorer
 from featvis.targets import Target, TargetSpec, image_size_of
@@ -50,24 +73,7 @@ class FeatureVisCallback(Callback):
     Lightning's own charts, with the scalar ``epoch`` (``e``) beside them; PNG folders are named ``epoch_<e>``.
     The visualised module is the LightningModule itself: its ``forward`` maps model-space images to logits.
 
-    Logged (``<prefix>`` is ``featvis`` by default; ``<tag>`` is a class name, or ``<layer>.ch<c>`` /
-    ``<layer>.neuron<c>``): TensorBoard images ``<prefix>/<tag>``, ``<prefix>/all`` and, at the end of fit,
-    ``<prefix>/timeline`` (tags and epoch numbers in its margins); scalars ``<prefix>/target_prob``,
-    ``<prefix>/objective``, ``<prefix>/render_seconds``, with ``metrics`` also ``robustness``, ``spectral_gap``,
-    ``colour_distance`` and ``diversity``, with ``reference_model`` ``transfer_acc``; PNG files under
-    ``<log_dir>/<prefix>/epoch_<NNN>/<tag>/<i>.png`` (each epoch's folder written as a whole, with a manifest) and
-    ``timeline.png``. A resumed run first deletes the epoch folders featvis wrote that its checkpoint does not
-    cover (a killed run's last render), so the PNGs match the checkpoint and the logs.
-
-    The model's input space comes from ``input_convention`` (or its shortcut ``normalization_mean``/
-    ``normalization_std``), else the datamodule's or the LightningModule's ``colour``, else plain RGB in [0, 1].
-    Without a ``colour`` of the run's own, images are optimised in a colour basis whitened from the training
-    images (:mod:`featvis.basis`, saved in checkpoints; ``learn_basis=False`` optimises per input channel) while
-    the model still gets its own input space. The image size comes from ``config.image_size``, the datamodule's
-    or module's ``image_size`` or ``example_input_array``, else 32; class names from the datamodule's
-    ``classes``, else the module's ``class_names``, else the indices. The checkpoint state keeps the input
-    convention, the basis, the image size, the class names and the render settings, so ``featvis render
-    --model-class`` renders a checkpoint of any LightningModule as the run did.
+    What it logs, and where its colours, image size and class names come from, is in the module docstring.
 
     Args:
         every_n_epochs: render at the end of every n-th training epoch (epochs counted from 1).
@@ -78,6 +84,8 @@ class FeatureVisCallback(Callback):
         channels: channel indices of ``layer``; None takes the first ``min(10, channels)`` channels.
         neuron: render the centre neuron of each channel instead of the channel's mean activation.
         config: the render settings (steps, learning rate, images per target, ...); see ``RenderConfig``.
+        sheets: hidden-unit channel sheets (``SheetConfig``: layers, channels or an automatic choice of ``k``,
+            top dataset examples): logged as ``<prefix>/channels/<layer>`` beside the class render; None: off.
         normalization_mean: RGB mean of an ordinary ``(rgb - mean) / std`` input normalisation, 3 values in
             [0, 1] units; use with ``normalization_std`` for models that have no colour transform of their own.
         normalization_std: RGB standard deviation of that normalisation, 3 positive values.
@@ -109,6 +117,7 @@ class FeatureVisCallback(Callback):
         channels: list[int] | None = None,
         neuron: bool = False,
         config: RenderConfig | None = None,
+        sheets: SheetConfig | None = None,
         normalization_mean: list[float] | None = None,
         normalization_std: list[float] | None = None,
         input_convention: InputConvention | None = None,
@@ -127,9 +136,7 @@ class FeatureVisCallback(Callback):
         if (normalization_mean is None) != (normalization_std is None):
             raise ValueError("normalization_mean and normalization_std must be given together.")
         if normalization_mean is not None and input_convention is not None:
-            raise ValueError(
-                "pass either input_convention or normalization_mean/normalization_std, not both."
-            )
+            raise ValueError("pass input_convention or normalization_mean/normalization_std, not both.")
         if normalization_mean is not None and normalization_std is not None:
             try:
                 input_convention = InputConvention(mean=normalization_mean, std=normalization_std)
@@ -142,13 +149,14 @@ class FeatureVisCallback(Callback):
         self.learn_basis = check_bool("learn_basis", learn_basis)
         self.prefix = prefix
         self._warn = WarnOnce()
-        self._scorer = RunScorer(
-            check_bool("metrics", metrics), reference_model, self.config.seed, self._warn
-        )
+        metrics = check_bool("metrics", metrics)
+        self._scorer = RunScorer(metrics, reference_model, self.config.seed, self._warn)
         self._outputs = RenderOutputs(prefix, save_png, display_scale, self._warn)
         self._targets: list[Target] | None = None  # resolved at the first render
         self._timeline = Timeline(self._warn)  # saved in checkpoints, so a resumed run continues it
         self._basis = LearnedBasis(self._warn)  # saved in checkpoints too: a resumed run keeps its colours
+        # Channel sheets: their probe set and chosen channels are saved in checkpoints too.
+        self._sheets = ChannelSheets(sheets) if sheets is not None else None
         self._run: dict[str, Any] = {}  # image size and class names as rendered, for `featvis render`
         self._resumed = False  # set by load_state_dict: prune the PNG folders the checkpoint does not cover
 
@@ -156,13 +164,13 @@ class FeatureVisCallback(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(
-            prefix=self.prefix,
-            targets=self.targets,
-            layer=self.layer,
-            channels=self.channels,
-            neuron=self.neuron,
-        )
+        keys = {
+            "prefix": self.prefix,
+            "targets": self.targets,
+            "layer": self.layer,
+            "channels": self.channels,
+        }
+        return self._generate_state_key(**keys, neuron=self.neuron)
 
     def state_dict(self) -> dict[str, Any]:
         tags = [t.tag for t in self._targets] if self._targets is not None else None
@@ -170,7 +178,8 @@ class FeatureVisCallback(Callback):
         # What `featvis render --model-class` needs to render this checkpoint as the run did.
         convention = self.convention.to_state() if self.convention is not None else None
         run = {"convention": convention, "settings": _plain_settings(self.config)} | self._run
-        return state | self._timeline.state_dict(tags) | self._basis.state_dict() | {"render": run}
+        sheets = self._sheets.state_dict() if self._sheets is not None else {}
+        return state | self._timeline.state_dict(tags) | self._basis.state_dict() | sheets | {"render": run}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("format") != _STATE_FORMAT:
@@ -183,6 +192,8 @@ class FeatureVisCallback(Callback):
         self.config = self.config.replace(seed=int(state_dict["seed"]))
         self._timeline.load_state_dict(state_dict)
         self._basis.load_state_dict(state_dict)
+        if self._sheets is not None:
+            self._sheets.load_state_dict(state_dict)
         self._resumed = True
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -192,6 +203,8 @@ class FeatureVisCallback(Callback):
             if name is not None:
                 resolve_layer(pl_module, name)  # unknown layer -> ValueError naming the closest layers
         self._targets_for(trainer, pl_module)  # bad classes, channels or layers fail now, not after an epoch
+        if self._sheets is not None:
+            self._sheets.check(pl_module, self._size(trainer, pl_module))
         self._scorer.setup()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -238,8 +251,7 @@ class FeatureVisCallback(Callback):
     def render(self, pl_module: nn.Module, trainer: pl.Trainer | None = None) -> dict[str, Any]:
         """Render this callback's targets for ``pl_module`` as it is now, without logging anything.
 
-        Under DDP (``trainer`` with ``world_size > 1``) every rank must call it; the targets are split across the
-        ranks and the result is gathered on all of them.
+        Under DDP every rank must call it; the targets are split across the ranks and gathered on all of them.
 
         Args:
             pl_module: the model (a LightningModule or any module mapping model-space images to logits).
@@ -294,7 +306,31 @@ class FeatureVisCallback(Callback):
             if trainer.is_global_zero:
                 rgb, tags, step = result["rgb"], result["names"], trainer.global_step
                 scalars = self._scalars(result, trainer, pl_module)
-                self._outputs.log_render(trainer.loggers, log_dir, epoch, step, rgb, tags, scalars)
+                sheets = self._render_sheets(trainer, pl_module, epoch, scalars)
+                self._outputs.log_render(trainer.loggers, log_dir, epoch, step, rgb, tags, scalars, sheets)
+
+    def _render_sheets(
+        self, trainer: pl.Trainer, pl_module: nn.Module, epoch: int, scalars: dict[str, float]
+    ) -> dict[str, Tensor]:
+        """The channel sheets of this epoch by layer, their scalars added to ``scalars`` (rank 0 only)."""
+        if self._sheets is None:
+            return {}
+        colour, size = self._colour(trainer, pl_module), self._size(trainer, pl_module)
+        data = getattr(trainer, "datamodule", None)
+        if self._sheets.probe is None:  # a fixed probe set: the datamodule's split("train"), else the loader
+            source = data if callable(getattr(data, "split", None)) else trainer.train_dataloader
+            self._sheets.setup(pl_module, source, colour, self.config.seed, size)
+        basis, config = (
+            self._basis.transform if self.learn_basis else None,
+            self.config.replace(image_size=size),
+        )
+        # Automatic channel choices are kept once the model has trained (see featvis.hidden), not at step 0.
+        out = self._sheets.render(pl_module, colour, basis, config, keep=epoch > 0)
+        for layer, info in out.items():
+            self._warn(f"sheet:{info['tags']}", f"FeatureVisCallback: sheet of {info['tags']}", info=True)
+            scalars[f"{self.prefix}/channels/{layer}/purity"] = float(info["purity"].nanmean())
+            scalars[f"{self.prefix}/channels/render_seconds"] = float(info["seconds"])
+        return {f"channels/{layer}": info["sheet"] for layer, info in out.items()}
 
     def _scalars(self, result: dict[str, Any], trainer: pl.Trainer, pl_module: nn.Module) -> dict[str, float]:
         """The render's scalars (rank 0 only: no collectives in here)."""
@@ -302,9 +338,8 @@ class FeatureVisCallback(Callback):
         if bool(torch.isfinite(result["probs"]).any()):
             values["target_prob"] = float(result["probs"].nanmean())
         if self._scorer.active:
-            classes = [t.class_index for t in self._targets or []]
+            classes, colour = [t.class_index for t in self._targets or []], self._colour(trainer, pl_module)
             datamodule = getattr(trainer, "datamodule", None)
-            colour = self._colour(trainer, pl_module)
             values |= self._scorer.scores(result["rgb"], classes, pl_module, colour, datamodule)
         return {f"{self.prefix}/{key}": value for key, value in values.items()}
 
@@ -312,10 +347,8 @@ class FeatureVisCallback(Callback):
 
     def _targets_for(self, trainer: pl.Trainer | None, pl_module: nn.Module) -> list[Target]:
         if self._targets is None:
-            names, size = (
-                class_names_of(getattr(trainer, "datamodule", None), pl_module),
-                self._size(trainer, pl_module),
-            )
+            data, size = getattr(trainer, "datamodule", None), self._size(trainer, pl_module)
+            names = class_names_of(data, pl_module)
             self._targets = self.spec.resolve(pl_module, size, names)
             self._run = {"class_names": list(names) if names else None, "image_size": size}
         return self._targets

@@ -99,6 +99,7 @@ class RenderOutputs:
         rgb: Tensor,
         tags: Sequence[str],
         scalars: dict[str, float],
+        sheets: dict[str, Tensor] | None = None,
     ) -> None:
         """Log one render.
 
@@ -111,9 +112,12 @@ class RenderOutputs:
             rgb: ``(T, K, 3, H, W)`` images in [0, 1].
             tags: one tag per target.
             scalars: values to log, keyed by their full tag.
+            sheets: finished pictures ``(3, H, W)`` in [0, 1] by name (e.g. ``channels/<layer>``), logged as
+                ``<prefix>/<name>`` and written as ``<name>.png`` in the epoch's PNG folder.
         """
+        sheets = sheets or {}
         if self.save_png:
-            self._write_pngs(log_dir / self.prefix / f"epoch_{epoch:03d}", rgb, tags)
+            self._write_pngs(log_dir / self.prefix / f"epoch_{epoch:03d}", rgb, tags, sheets)
         shown = self._image_loggers(loggers, log_dir)
         if shown:  # the pictures are made once, for every logger that shows them
             scale = self.scale(rgb.shape[-1])
@@ -123,6 +127,7 @@ class RenderOutputs:
             ]
             caption = f"{len(tags)} targets (rows) x {rgb.shape[1]} images"
             pictures.append((f"{self.prefix}/all", img.grid(rgb, scale=scale, padding=2), caption))
+            pictures += [(f"{self.prefix}/{name}", sheet, name) for name, sheet in sheets.items()]
             self._show(shown, log_dir, step, pictures)
         for logger in loggers:
             logger.log_metrics({**scalars, "epoch": epoch}, step=step)
@@ -178,11 +183,13 @@ class RenderOutputs:
             if epoch not in keep and folder.is_dir() and not folder.is_symlink():
                 remove_owned(folder)
 
-    def _write_pngs(self, folder: Path, rgb: Tensor, tags: Sequence[str]) -> None:
+    def _write_pngs(self, folder: Path, rgb: Tensor, tags: Sequence[str], sheets: dict[str, Tensor]) -> None:
         """Write one render's PNG folder as a whole (replacing an earlier one of featvis's), or warn why not."""
 
         def write(staging: Path) -> None:
             img.write_image_folder(rgb, list(tags), staging)
+            for name, sheet in sheets.items():
+                img.save_png(sheet, staging / f"{name}.png")
 
         try:
             write_folder(folder, write, overwrite=True)

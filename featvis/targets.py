@@ -8,7 +8,8 @@ name, ``<layer>.ch<c>`` for a channel and ``<layer>.neuron<c>`` for a channel's 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -23,12 +24,15 @@ from featvis.engine import (
     device_and_dtype,
     fork_rng,
     preserved_modes,
+    resolve_layer,
 )
 from featvis.engine.checks import check_bool, check_int
 from featvis.images import safe_name
 
 #: Tags the callback uses for pictures of all targets; a target named like one gets a trailing underscore.
 RESERVED_TAGS = frozenset({"all", "timeline"})
+#: The layer name that asks for :func:`auto_layer`'s choice.
+AUTO_LAYER = "auto"
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,8 @@ class TargetSpec:
 
     Args:
         classes: class indices or names; None renders every class unless ``layer`` is set.
-        layer: also render channels of this layer (a name from ``model.named_modules()``).
+        layer: also render channels of this layer (a name from ``model.named_modules()``, or ``"auto"``: the
+            last spatial block, see :func:`auto_layer`).
         channels: channel indices of ``layer``; None takes its first ``min(10, width)`` channels.
         neuron: render each channel's centre neuron instead of its mean activation.
 
@@ -145,6 +150,21 @@ def probe(
     """
     height, width = (size, size) if isinstance(size, int) else size
     device, dtype = device_and_dtype(model)
+    with observed(model, layers) as capture:
+        logits = model(torch.zeros(1, 3, height, width, device=device, dtype=dtype))
+        return logits, capture.take()
+
+
+@contextmanager
+def observed(model: nn.Module, layers: Sequence[str]) -> Iterator[LayerCapture]:
+    """Forward passes that read ``layers`` and leave no trace: eval mode, no gradients, RNG and flags restored.
+
+    Also outside inference mode, so the captured tensors are ordinary ones even in a Lightning validation loop.
+
+    Args:
+        model: the network.
+        layers: names from ``model.named_modules()`` (unknown ones raise ValueError with the closest names).
+    """
     with (
         torch.inference_mode(False),
         torch.no_grad(),
@@ -152,8 +172,39 @@ def probe(
         preserved_modes(model),
         LayerCapture(model, layers) as capture,
     ):
-        logits = model(torch.zeros(1, 3, height, width, device=device, dtype=dtype))
-        return logits, capture.take()
+        yield capture
+
+
+def no_channel_axis(layer: str, shape: Sequence[int]) -> str:
+    """The error message for a layer whose output ``shape`` has no channel axis, with the fix."""
+    return (
+        f"layer {layer!r} outputs shape {tuple(shape)}, which has no channel axis; choose a layer with "
+        "(N, C) or (N, C, H, W) outputs (or layer: auto)."
+    )
+
+
+def _outputs_in_call_order(model: nn.Module, size: int | tuple[int, int]) -> list[tuple[str, torch.Size]]:
+    """``(name, output shape)`` of every named submodule each time the probe forward pass finishes it.
+
+    Hooks fire when a module returns, so a container comes after its children, and a module called twice (a
+    ReLU shared by a residual block) appears twice. Non-tensor outputs are left out.
+    """
+    finished: list[tuple[str, torch.Size]] = []
+
+    def record(name: str):
+        def hook(_module: nn.Module, _inputs: tuple, output: object) -> None:
+            if isinstance(output, Tensor):
+                finished.append((name, output.shape))
+
+        return hook
+
+    handles = [module.register_forward_hook(record(name)) for name, module in model.named_modules() if name]
+    try:
+        probe(model, [], size)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return finished
 
 
 def called_layers(model: nn.Module, size: int | tuple[int, int]) -> list[str]:
@@ -161,24 +212,47 @@ def called_layers(model: nn.Module, size: int | tuple[int, int]) -> list[str]:
 
     In ``named_modules()`` order (a container before its children), not in the order the layers ran.
     """
-    names = [name for name, _ in model.named_modules() if name]
-    called: set[str] = set()
+    called = {name for name, shape in _outputs_in_call_order(model, size) if len(shape) >= 2}
+    return [name for name, _ in model.named_modules() if name in called]
 
-    def record(name: str):
-        def hook(_module: nn.Module, _inputs: tuple, output: object) -> None:
-            if isinstance(output, Tensor) and output.ndim >= 2:
-                called.add(name)
 
-        return hook
+def auto_layer(model: nn.Module, size: int | tuple[int, int]) -> str:
+    """The layer that ``layer: auto`` stands for: the last spatial block of the network.
 
-    modules = dict(model.named_modules())
-    handles = [modules[name].register_forward_hook(record(name)) for name in names]
-    try:
-        probe(model, [], size)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [name for name in names if name in called]
+    The rule: of all named submodules, the one whose output is the last to be finished in a forward pass of one
+    image at the render ``size`` while it is still spatial, ``(N, C, H, W)`` with ``H > 1`` and ``W > 1``. That
+    is the deepest feature map before global pooling; when a container (a residual stage, a conv group) and its
+    last child produce it, the container wins, because it finishes last (``layer4`` of a ResNet,
+    ``net.group3`` of featvis's SpeedNet).
+
+    Args:
+        model: maps model-space images ``(N, 3, H, W)`` to logits.
+        size: image size of the render.
+
+    Raises:
+        ValueError: no layer gives spatial outputs at this size.
+    """
+    spatial = [
+        name for name, shape in _outputs_in_call_order(model, size) if len(shape) == 4 and min(shape[2:]) > 1
+    ]
+    if not spatial:
+        raise ValueError(
+            f"layer: auto found no layer with spatial (N, C, H>1, W>1) outputs in {type(model).__name__} at "
+            f"image size {size}; name a layer instead, one of: {', '.join(called_layers(model, size))}."
+        )
+    return spatial[-1]
+
+
+def resolve_layer_name(model: nn.Module, name: str, size: int | tuple[int, int]) -> str:
+    """``name`` itself when the model has such a layer; :func:`auto_layer` for ``"auto"``.
+
+    Raises:
+        ValueError: an unknown layer (the message lists the closest names).
+    """
+    if name == AUTO_LAYER:
+        return auto_layer(model, size)
+    resolve_layer(model, name)
+    return name
 
 
 def layer_width(model: nn.Module, layer: str, size: int | tuple[int, int]) -> int:
@@ -196,7 +270,7 @@ def layer_width(model: nn.Module, layer: str, size: int | tuple[int, int]) -> in
         ) from err
     act = acts[layer]
     if act.ndim < 2:
-        raise ValueError(f"layer {layer!r} outputs shape {tuple(act.shape)}, which has no channel axis.")
+        raise ValueError(no_channel_axis(layer, act.shape))
     return int(act.shape[1])
 
 
@@ -217,7 +291,8 @@ def resolve_targets(
         size: image size of the render, for that probe.
         classes: class indices or names; None renders every class unless ``layer`` is set.
         class_names: the classes' names in label order; None when nothing names them (tags are then indices).
-        layer: also render channels of this layer (a name from ``model.named_modules()``).
+        layer: also render channels of this layer (a name from ``model.named_modules()``, or ``"auto"`` for
+            :func:`auto_layer`'s choice).
         channels: channel indices of ``layer``; None takes its first ``min(10, width)`` channels.
         neuron: render each channel's centre neuron instead of its mean activation.
 
@@ -238,6 +313,7 @@ def resolve_targets(
         objectives.append(ClassLogit(index, name))
         labels.append(name)
     if layer is not None:
+        layer = resolve_layer_name(model, layer, size)
         width = layer_width(model, layer, size)
         for channel in channels if channels is not None else range(min(10, width)):
             check_int("channel", channel, 0)
@@ -287,14 +363,19 @@ def unique_tags(labels: Sequence[str]) -> list[str]:
 
 
 __all__ = [
+    "AUTO_LAYER",
     "RESERVED_TAGS",
     "Target",
     "TargetSpec",
+    "auto_layer",
     "called_layers",
     "class_index",
     "image_size_of",
     "layer_width",
+    "no_channel_axis",
+    "observed",
     "probe",
+    "resolve_layer_name",
     "resolve_targets",
     "unique_tags",
 ]

@@ -35,6 +35,7 @@ from featvis import images as img
 from featvis.callback import FeatureVisCallback
 from featvis.colour import ColourTransform, InputConvention
 from featvis.engine import RenderConfig
+from featvis.hidden import SheetConfig
 
 # TinyClassifier: 48 training samples in batches of 16, so every epoch ends 3 global steps after the last one.
 BATCHES = -(-TinyClassifier().samples // 16)
@@ -678,3 +679,35 @@ def test_a_three_channel_convention_on_a_grey_model_names_the_fix(tmp_path):
         make_trainer(tmp_path, [callback], epochs=1, logger=False).fit(GreyNet())
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "featvis").exists()  # refused before the first render, nothing written
+
+
+# ---------------------------------------------------------------------------------------------- channel sheets
+
+
+def test_channel_sheets_are_logged_every_epoch_beside_the_class_render(tmp_path):
+    sheets = SheetConfig(layers=["net.conv"], k=2, examples=3, probe_size=24)
+    callback = FeatureVisCallback(config=FAST, targets=[0], sheets=sheets)
+    trainer = make_trainer(tmp_path, [callback], epochs=2)
+    trainer.fit(TinyClassifier())
+    log_dir = Path(trainer.log_dir)
+    events = read_events(log_dir)
+    steps = [step for step, _, _ in events["images"]["featvis/channels/net.conv"]]
+    assert steps == [0, 3, 6]  # before training and after each epoch (48 images in batches of 16)
+    purity = read_scalars(log_dir, "featvis/channels/net.conv/purity")
+    assert [step for step, _ in purity] == [0, 3, 6] and all(0.3 <= value <= 1.0 for _, value in purity)
+    sheet = img.load_png(log_dir / "featvis" / "epoch_002" / "channels" / "net.conv.png")
+    # Two rows (channels) of one rendered image and three examples, upsampled: wider than tall.
+    assert sheet.shape[0] == 3 and sheet.shape[2] > 2 * sheet.shape[1] > 0 and float(sheet.std()) > 0.01
+    state = callback.state_dict()
+    assert len(state["sheets_channels"]["net.conv"]) == 2 and len(state["sheets_probe_indices"]) == 24
+    # A resumed callback keeps the probe set and the channels chosen after the first epoch.
+    resumed = FeatureVisCallback(config=FAST, targets=[0], sheets=sheets)
+    resumed.load_state_dict(state)
+    assert resumed._sheets is not None and resumed._sheets.channels == callback._sheets.channels
+
+
+def test_channel_sheets_of_an_unknown_layer_fail_at_setup(tmp_path):
+    callback = FeatureVisCallback(config=FAST, sheets=SheetConfig(layers=["net.cnov"]))
+    with pytest.raises(ValueError, match="net.conv"):
+        make_trainer(tmp_path, [callback], epochs=1).fit(TinyClassifier())
+    assert not (tmp_path / "run").exists() or not list((tmp_path / "run").rglob("*.png"))

@@ -5,13 +5,17 @@ from __future__ import annotations
 import pytest
 from helpers import TinyClassifier
 from torch import nn
+from torchvision.models import resnet18
 
 from featvis.engine import Channel, ClassLogit, Neuron
+from featvis.model import ClassifierModule
 from featvis.targets import (
     TargetSpec,
+    auto_layer,
     called_layers,
     class_index,
     image_size_of,
+    resolve_layer_name,
     resolve_targets,
     unique_tags,
 )
@@ -106,3 +110,33 @@ def test_image_size_from_the_first_source_that_declares_one() -> None:
     assert image_size_of(Data(), model) == 24
     model.example_input_array = __import__("torch").zeros(1, 3, 12, 12)
     assert image_size_of(None, model) == 12
+
+
+def test_layer_auto_is_the_last_spatial_block_of_the_default_model_and_of_a_resnet() -> None:
+    default = ClassifierModule()
+    # SpeedNet: group3 (and its last conv block) give 256 x 3 x 3 maps at 32 px, then a global max-pool.
+    assert auto_layer(default, 32) == "net.group3"
+    assert auto_layer(ClassifierModule(network="small_cnn"), 32) == "net.relu3"
+    resnet = resnet18(num_classes=10)
+    assert auto_layer(resnet, 64) == "layer4"  # 2 x 2 maps
+    assert auto_layer(resnet, 32) == "layer3"  # layer4's maps are 1 x 1 at 32 px: no longer spatial
+    targets = resolve_targets(default, 32, layer="auto", channels=[0, 255])
+    assert [t.tag for t in targets] == ["net.group3.ch0", "net.group3.ch255"]
+    assert [t.objective.layer for t in targets] == ["net.group3", "net.group3"]  # type: ignore[attr-defined]
+    assert TargetSpec(layer="auto", channels=[1]).resolve(TinyClassifier(), 8, None)[0].tag == "net.drop.ch1"
+    assert resolve_layer_name(default, "net.group2", 32) == "net.group2"
+
+
+def test_layer_auto_without_spatial_layers_and_unknown_layers_name_the_choices() -> None:
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(192, 4), nn.ReLU(), nn.Linear(4, 3))
+    with pytest.raises(
+        ValueError,
+        match="layer: auto found no layer with spatial .* name a layer instead, one of: 0, 1, 2, 3",
+    ):
+        auto_layer(flat, 8)
+    with pytest.raises(
+        ValueError, match=r"unknown layer 'net.cnv' in TinyClassifier; closest valid names: \['net.conv'"
+    ):
+        resolve_targets(TinyClassifier(), 8, layer="net.cnv")
+    with pytest.raises(ValueError, match=r"closest valid names: \['net.group3'"):
+        resolve_layer_name(ClassifierModule(), "net.grup3", 32)
