@@ -38,7 +38,6 @@ epoch's PNG folder, with the scalars ``<prefix>/channels/<layer>/purity`` and ``
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +176,7 @@ class FeatureVisCallback(Callback):
         state = {"format": _STATE_FORMAT, "seed": self.config.seed, "every_n_epochs": self.every_n_epochs}
         # What `featvis render --model-class` needs to render this checkpoint as the run did.
         convention = self.convention.to_state() if self.convention is not None else None
-        run = {"convention": convention, "settings": _plain_settings(self.config)} | self._run
+        run = {"convention": convention, "settings": self.config.plain()} | self._run
         sheets = self._sheets.state_dict() if self._sheets is not None else {}
         return state | self._timeline.state_dict(tags) | self._basis.state_dict() | sheets | {"render": run}
 
@@ -362,16 +361,6 @@ class FeatureVisCallback(Callback):
     def _size(self, trainer: pl.Trainer | None, pl_module: nn.Module) -> int | tuple[int, int]:
         declared = image_size_of(getattr(trainer, "datamodule", None), pl_module)
         return self.config.image_size or declared or 32
-
-
-def _plain_settings(config: RenderConfig) -> dict[str, Any]:
-    """The render settings that a checkpoint can hold as plain values (not transforms or optimiser factories)."""
-    values = {field.name: getattr(config, field.name) for field in dataclasses.fields(config)}
-    return {
-        name: value
-        for name, value in values.items()
-        if value is None or isinstance(value, bool | int | float | str | tuple)
-    }
 
 
 def _log_dir(trainer: pl.Trainer) -> Path:

@@ -137,6 +137,20 @@ class RenderConfig:
             raise ValueError(f"unknown render setting(s) {unknown}; valid settings: {names}.")
         return dataclasses.replace(self, **overrides)
 
+    def plain(self) -> dict[str, Any]:
+        """The settings a checkpoint can hold as plain values: all but transform lists and optimiser factories.
+
+        ``RenderConfig().replace(**config.plain())`` gives ``config`` back when it has neither.
+        """
+
+        def is_plain(value: Any) -> bool:
+            if isinstance(value, tuple):  # an image size; not a tuple of transforms
+                return all(is_plain(item) for item in value)
+            return value is None or isinstance(value, bool | int | float | str)
+
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        return {name: value for name, value in values.items() if is_plain(value)}
+
     @property
     def size(self) -> tuple[int, int]:
         """``(height, width)`` of the images; 32 x 32 when ``image_size`` is None."""
