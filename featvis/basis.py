@@ -142,11 +142,19 @@ class LearnedBasis:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the basis saved by :meth:`state_dict`; without one (an older checkpoint) it is fitted anew."""
-        if all(f"basis_{key}" in state for key in _KEYS):
-            transform = ColourTransform.identity(len(state["basis_mean"]))
-            # The saved buffers bit for bit (the inverse is not recomputed), so renders come out identical.
-            transform.load_state_dict({key: state[f"basis_{key}"] for key in _KEYS})
-            self.transform = transform
+        restored = self.restore(state)
+        if restored is not None:
+            self.transform = restored
+
+    @staticmethod
+    def restore(state: Mapping[str, Any]) -> ColourTransform | None:
+        """The basis saved by :meth:`state_dict` (e.g. a checkpoint's callback state); None without one."""
+        if not all(f"basis_{key}" in state for key in _KEYS):
+            return None
+        transform = ColourTransform.identity(len(state["basis_mean"]))
+        # The saved buffers bit for bit (the inverse is not recomputed), so renders come out identical.
+        transform.load_state_dict({key: state[f"basis_{key}"] for key in _KEYS})
+        return transform
 
 
 def read_training_images(

@@ -152,9 +152,7 @@ def _run_colours(module: nn.Module, state: dict[str, Any]) -> tuple[InputSpace, 
             colour = InputConvention.from_state(convention).space()
         except ValueError as err:
             raise RenderError(f"the checkpoint's input convention cannot be restored: {err}") from err
-    basis = LearnedBasis(lambda *args, **kwargs: None)
-    basis.load_state_dict(state)
-    return colour or ColourTransform.identity(), basis.transform
+    return colour or ColourTransform.identity(), LearnedBasis.restore(state)
 
 
 def _first_line(text: str, limit: int = 160) -> str:
