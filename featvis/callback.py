@@ -51,9 +51,10 @@ from featvis.colour import ColourTransform, InputConvention, InputSpace
 from featvis.engine import RenderConfig, class_names_of, device_and_dtype, fork_rng, render, resolve_layer
 from featvis.engine.checks import check_bool, check_int
 from featvis.hidden import ChannelSheets, SheetConfig
-from featvis.outputs import RenderOutputs, Timeline, WarnOnce
+from featvis.outputs import RenderOutputs, WarnOnce
 from featvis.scoring import RunScorer
 from featvis.targets import Target, TargetSpec, image_size_of
+from featvis.timeline import Timeline
 
 _STATE_FORMAT = 1
 _NO_COLOUR = (

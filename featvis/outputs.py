@@ -18,9 +18,7 @@ import inspect
 import re
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any
 
-import torch
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
@@ -28,6 +26,7 @@ from torch import Tensor
 from featvis import images as img
 from featvis.engine.checks import check_bool, check_int
 from featvis.folders import FolderError, remove_owned, remove_stale_siblings, write_folder
+from featvis.timeline import Timeline
 
 # An epoch's PNG folder, or a staging / moved-aside folder that write_folder made for it.
 _EPOCH_ENTRY = re.compile(r"\.?(epoch_(\d+))(\.(partial|old)-.+)?")
@@ -273,59 +272,4 @@ def _show_image(logger: Logger, key: str, picture: Tensor, step: int, caption: s
             client.log_image(logger.run_id, pixels, artifact_file=f"{key}/step_{step:06d}.png")
 
 
-class Timeline:
-    """The pictures a run's timeline is made of: per rendered epoch, the first image of each target.
-
-    Its state goes into the callback's checkpoint state, so a resumed run continues the same timeline; a
-    checkpoint rendered for other targets or another image size restarts it (with a warning).
-
-    Args:
-        warn: the caller's warn-once record.
-    """
-
-    def __init__(self, warn: WarnOnce) -> None:
-        self.warn = warn
-        self.epochs: list[int] = []
-        self.thumbs: list[Tensor] = []  # per rendered epoch: (T, 3, H, W) uint8
-        self.tags: list[str] = []  # one per target: the rows
-        self._saved_tags: list[str] | None = None
-
-    def add(self, epoch: int, rgb: Tensor, tags: Sequence[str]) -> None:
-        """Record the render of ``epoch``: ``rgb`` is ``(T, K, 3, H, W)`` in [0, 1], one tag per target."""
-        thumbs = (rgb[:, 0].clamp(0, 1) * 255).round().to(torch.uint8)
-        if self._saved_tags is not None:
-            if self._saved_tags != list(tags) or (self.thumbs and self.thumbs[0].shape != thumbs.shape):
-                message = "the checkpoint's timeline was rendered for other targets or another image size"
-                self.warn("timeline", f"FeatureVisCallback: {message}; the timeline restarts with this run.")
-                self.epochs, self.thumbs = [], []
-            self._saved_tags = None
-        self.epochs.append(epoch)
-        self.thumbs.append(thumbs)
-        self.tags = list(tags)
-
-    def columns(self) -> tuple[list[int], list[str], Tensor]:
-        """The rendered epochs in ascending order, the row tags and the pictures, ``(T, E, 3, H, W)`` in [0, 1]."""
-        order = sorted(range(len(self.epochs)), key=self.epochs.__getitem__)
-        tiles = torch.stack([self.thumbs[i] for i in order], dim=1).float() / 255
-        tags = self.tags if len(self.tags) == len(tiles) else [str(i) for i in range(len(tiles))]
-        return [self.epochs[i] for i in order], tags, tiles
-
-    def state_dict(self, tags: Sequence[str] | None) -> dict[str, Any]:
-        """The timeline as checkpoint state, with the tags of the targets it shows."""
-        thumbs = torch.stack(self.thumbs) if self.thumbs else None
-        return {
-            "epochs": list(self.epochs),
-            "names": list(tags) if tags is not None else None,
-            "thumbs": thumbs,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue the timeline saved by :meth:`state_dict`."""
-        self.epochs = [int(e) for e in state["epochs"]]
-        thumbs = state.get("thumbs")
-        self.thumbs = list(thumbs.unbind(0)) if thumbs is not None else []
-        self._saved_tags = state.get("names")
-        self.tags = list(self._saved_tags or [])
-
-
-__all__ = ["RenderOutputs", "Timeline", "WarnOnce"]
+__all__ = ["RenderOutputs", "WarnOnce"]

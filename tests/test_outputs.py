@@ -16,7 +16,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from featvis import images as img
 from featvis.folders import MANIFEST_NAME
-from featvis.outputs import RenderOutputs, Timeline, WarnOnce
+from featvis.outputs import RenderOutputs, WarnOnce
+from featvis.timeline import Timeline
 
 
 def _rgb(seed: int = 0) -> torch.Tensor:
