@@ -68,7 +68,8 @@ class RenderOutputs:
     Tags are ``<prefix>/<tag>`` (one target's images side by side), ``<prefix>/all`` (targets x images) and
     ``<prefix>/timeline`` (targets x rendered epochs), the same for TensorBoard, W&B (with captions) and MLflow
     (image keys with steps); PNG files are ``<log_dir>/<prefix>/epoch_<NNN>/<tag>/<i>.png`` and
-    ``<log_dir>/<prefix>/timeline.png``.
+    ``<log_dir>/<prefix>/timeline.png``. Any other finished picture goes through :meth:`log_picture` as
+    ``<prefix>/<name>`` and ``<log_dir>/<prefix>/<name>.png``.
 
     Args:
         prefix: tag prefix and name of the PNG folder.
@@ -131,7 +132,15 @@ class RenderOutputs:
         for logger in loggers:
             logger.log_metrics({**scalars, "epoch": epoch}, step=step)
 
-    def log_timeline(self, loggers: Sequence[Logger], log_dir: Path, step: int, timeline: Timeline) -> None:
+    def log_timeline(
+        self,
+        loggers: Sequence[Logger],
+        log_dir: Path,
+        step: int,
+        timeline: Timeline,
+        name: str = "timeline",
+        corner: str = "epoch",
+    ) -> None:
         """Log the timeline: one row per target, one column per rendered epoch in ascending order, labelled.
 
         Target tags stand in a left margin, epoch numbers in a top margin. With ``save_png`` it also says where the
@@ -139,26 +148,58 @@ class RenderOutputs:
 
         Args:
             loggers: the trainer's loggers.
-            log_dir: the run's folder, for ``timeline.png``.
+            log_dir: the run's folder, for ``<name>.png``.
             step: the step the picture is logged at (the trainer's global step at the end of fit).
             timeline: the rendered epochs and their pictures.
+            name: the tag ``<prefix>/<name>`` and the file ``<log_dir>/<prefix>/<name>.png``; ``/`` makes
+                sub-folders (e.g. ``channels/net.group3/timeline``).
+            corner: the caption above the row labels, at the top left.
         """
         epochs, tags, tiles = timeline.columns()
         labels = [str(epoch) for epoch in epochs]
         picture = img.labelled_grid(
-            tiles, tags, labels, self.scale(tiles.shape[-1]), padding=2, corner="epoch"
+            tiles, tags, labels, self.scale(tiles.shape[-1]), padding=2, corner=corner
         )
-        if self.save_png:
-            path = log_dir / self.prefix / "timeline.png"
-            img.save_png(picture, path)
-            rank_zero_info(f"featvis: PNGs under {path.parent}/epoch_*/, timeline {path}")
         caption = f"{len(tags)} targets (rows) x epochs {epochs[0]}..{epochs[-1]} (columns)"
+        path = self.log_picture(loggers, log_dir, step, name, picture, caption)
+        if path is not None:
+            rank_zero_info(f"featvis: PNGs under {log_dir / self.prefix}/epoch_*/, timeline {path}")
+
+    def log_picture(
+        self, loggers: Sequence[Logger], log_dir: Path, step: int, name: str, picture: Tensor, caption: str
+    ) -> Path | None:
+        """Log one finished picture as ``<prefix>/<name>`` to every image-capable logger, and as a PNG file.
+
+        Args:
+            loggers: the trainer's loggers.
+            log_dir: the run's folder; with ``save_png`` the file is ``<log_dir>/<prefix>/<name>.png`` (its
+                folders are created).
+            step: the step the picture is logged at.
+            name: plain names (letters, digits, ``.``, ``_``, ``-``) joined by ``/``, e.g. ``channels/net.conv``.
+            picture: ``(3, H, W)`` RGB in [0, 1].
+            caption: shown under the picture where the logger shows captions (W&B).
+
+        Returns:
+            The PNG file written, or None with ``save_png=False``.
+
+        Raises:
+            ValueError: a name that is not plain names joined by ``/`` (it must stay inside the PNG folder).
+        """
+        if not isinstance(name, str) or any(img.safe_name(part) != part for part in name.split("/")):
+            raise ValueError(
+                f"name must be plain names (letters, digits, '.', '_', '-') joined by '/', got {name!r}."
+            )
+        path = None
+        if self.save_png:
+            path = log_dir / self.prefix / f"{name}.png"
+            img.save_png(picture, path)
         self._show(
             self._image_loggers(loggers, log_dir),
             log_dir,
             step,
-            [(f"{self.prefix}/timeline", picture, caption)],
+            [(f"{self.prefix}/{name}", picture, caption)],
         )
+        return path
 
     def prune(self, log_dir: Path, keep: Collection[int]) -> None:
         """Delete the epoch folders that featvis wrote for epochs not in ``keep``, and unfinished writes.

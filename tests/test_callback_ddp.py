@@ -9,11 +9,14 @@ from helpers import CLASSES, FAST, SIZE, TinyClassifier, make_trainer, read_even
 
 from featvis import images as img
 from featvis.callback import FeatureVisCallback
+from featvis.hidden import SheetConfig
 
 
 def test_ddp_spawn_logs_every_epoch_once(tmp_path):
     # 4 targets over 2 ranks would split evenly; 3 classes + 2 channels = 5 targets leaves rank 1 a padded shard.
-    classes = FeatureVisCallback(config=FAST)
+    # The class callback also draws a channel sheet: rendered on rank 0 only, logged once per epoch.
+    sheets = SheetConfig(layers=["net.conv"], k=2, examples=2, probe_size=16)
+    classes = FeatureVisCallback(config=FAST, sheets=sheets)
     channels = FeatureVisCallback(layer="net.conv", channels=[0, 1], prefix="chan", config=FAST)
     trainer = make_trainer(
         tmp_path, [classes, channels], epochs=2, devices=2, strategy="ddp_spawn", enable_checkpointing=False
@@ -26,18 +29,23 @@ def test_ddp_spawn_logs_every_epoch_once(tmp_path):
     log_dir = tmp_path / "run" / "version_0"
     events = read_events(log_dir)
     expected = {f"featvis/{name}" for name in CLASSES} | {"featvis/all", "featvis/timeline"}
+    expected |= {"featvis/channels/net.conv"}
     expected |= {"chan/net.conv.ch0", "chan/net.conv.ch1", "chan/all", "chan/timeline"}
     assert set(events["images"]) == expected
     for tag, entries in events["images"].items():
         assert sorted(e[0] for e in entries) == ([steps[-1]] if tag.endswith("timeline") else steps), tag
     assert sorted(events["scalars"]["featvis/target_prob"]) == steps
+    assert sorted(events["scalars"]["featvis/channels/net.conv/purity"]) == steps
     for prefix, names in (("featvis", CLASSES), ("chan", ["net.conv.ch0", "net.conv.ch1"])):
         assert sorted(p.name for p in (log_dir / prefix).glob("epoch_*")) == [
             f"epoch_{e:03d}" for e in range(3)
         ]
         files = sorted((log_dir / prefix).rglob("*.png"))
-        # 3 epochs x targets x 2 images, plus the timeline: nothing written twice, nothing missing.
-        assert len(files) == 3 * len(names) * 2 + 1
+        # 3 epochs x targets x 2 images (plus a sheet per epoch), plus the timeline: nothing written twice,
+        # nothing missing.
+        sheet_files = [f for f in files if f.parent.name == "channels"]
+        assert len(sheet_files) == (3 if prefix == "featvis" else 0)
+        assert len(files) - len(sheet_files) == 3 * len(names) * 2 + 1
         for epoch in range(3):
             for name in names:
                 image = img.load_png(log_dir / prefix / f"epoch_{epoch:03d}" / name / "1.png")

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from helpers import read_events, read_scalars
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
 from featvis import images as img
@@ -268,3 +272,61 @@ def test_prune_deletes_only_featvis_folders_the_checkpoint_does_not_cover(tmp_pa
     assert len(record) == 2 and all(str(root) in str(w.message) for w in record)
     outputs.prune(tmp_path / "nowhere", [0])  # no PNG folder yet: nothing to do
     assert os.listdir(tmp_path) == ["fv"]
+
+
+def _tensorboard_images(log_dir: Path, tag: str) -> list[tuple[int, torch.Tensor]]:
+    """``(step, picture)`` of every image event of ``tag`` below ``log_dir``, the picture decoded to (3, H, W)."""
+    found = []
+    for path in sorted(log_dir.rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(path), size_guidance={IMAGES: 0})
+        acc.Reload()
+        if tag in acc.Tags()["images"]:
+            for event in acc.Images(tag):
+                with Image.open(io.BytesIO(event.encoded_image_string)) as image:
+                    pixels = torch.tensor(np.asarray(image.convert("RGB")))
+                found.append((event.step, pixels.permute(2, 0, 1).float() / 255))
+    return found
+
+
+def test_log_picture_goes_to_tensorboard_and_a_nested_png(tmp_path: Path) -> None:
+    tb = TensorBoardLogger(str(tmp_path), name="tb", version=0)
+    outputs = RenderOutputs("fv", save_png=True, display_scale=None, warn=WarnOnce())
+    picture = torch.rand(3, 10, 14, generator=torch.Generator().manual_seed(5))
+    stored = (picture * 255).round() / 255  # what 8 bits keep
+    path = outputs.log_picture([tb], tmp_path / "run", 12, "channels/net.group3/purity", picture, "caption")
+    assert path == tmp_path / "run" / "fv" / "channels" / "net.group3" / "purity.png"
+    assert torch.equal(img.load_png(path), stored)
+    [(step, shown)] = _tensorboard_images(tmp_path / "tb", "fv/channels/net.group3/purity")
+    assert step == 12 and float((shown - picture).abs().max()) <= 1 / 255  # TensorBoard floors, not rounds
+
+    quiet = RenderOutputs("fv", save_png=False, display_scale=None, warn=WarnOnce())
+    assert quiet.log_picture([], tmp_path / "none", 0, "x", picture, "") is None
+    assert not (tmp_path / "none").exists()
+    for name in ("../x", "a//b", "", "a/", "a b"):  # the file must stay inside <log_dir>/<prefix>/
+        with pytest.raises(ValueError, match="joined by '/'"):
+            outputs.log_picture([tb], tmp_path / "run", 0, name, picture, "")
+
+
+def test_timeline_under_another_name_and_corner(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logging.getLogger("lightning.pytorch"), "propagate", True)
+    timeline = Timeline(WarnOnce())
+    for epoch in (0, 3):
+        timeline.add(epoch, _rgb(epoch), ["net.conv.ch1", "net.conv.ch4"])
+    tb = TensorBoardLogger(str(tmp_path), name="tb", version=0)
+    outputs = RenderOutputs("fv", save_png=True, display_scale=1, warn=WarnOnce())
+    with caplog.at_level(logging.INFO):
+        outputs.log_timeline(
+            [tb], tmp_path / "run", 8, timeline, name="channels/net.conv/timeline", corner="ch"
+        )
+    path = tmp_path / "run" / "fv" / "channels" / "net.conv" / "timeline.png"
+    tiles = torch.stack([(_rgb(seed)[:, 0] * 255).round() / 255 for seed in (0, 3)], dim=1)
+    expected = img.labelled_grid(tiles, ["net.conv.ch1", "net.conv.ch4"], ["0", "3"], 1, 2, corner="ch")
+    assert torch.equal(img.to_uint8(img.load_png(path)), img.to_uint8(expected))
+    assert not (tmp_path / "run" / "fv" / "timeline.png").exists()  # the default timeline is not touched
+    [(step, shown)] = _tensorboard_images(tmp_path / "tb", "fv/channels/net.conv/timeline")
+    assert step == 8 and float((shown - expected).abs().max()) <= 1 / 255
+    assert {r.getMessage() for r in caplog.records} == {
+        f"featvis: PNGs under {tmp_path / 'run' / 'fv'}/epoch_*/, timeline {path}"
+    }
