@@ -17,10 +17,21 @@ settings, one image each, and reports for each choice:
 ``--mode cost`` times one channel sheet as the callback would make it (probe set, activations, channel choice,
 one batched render at the default settings, the composed sheet) on the given checkpoint, else on an untrained
 default model (the same cost), with real probe images when ``--data-dir`` is given, else random ones.
+``--mode warm`` asks what a warm start (``SheetConfig(warm_start=True)``) saves between two consecutive epochs:
+``--ckpt-before`` (epoch A) and ``--ckpt`` (epoch B) of one run. It chooses the ``--k`` channels of ``--layer``
+with the default rule on B, renders them cold on A at ``--steps`` (the parameters a warm start begins from), then
+on B cold at ``--steps`` and warm-started from A's parameters at 1/8, 1/4, 1/2 and all of ``--steps``, one image
+per channel. Per row: steps, seconds of the render, the mean channel objective relative to B's cold render, and
+the robustness relative to B's cold render (the channel objective averaged over 8 fresh random shifts, zooms and
+rotations of each image, ``featvis.quality.metrics.random_affine``, drawn from a generator seeded with ``--seed``
+anew for every row, so every row meets the same transforms); a ``start`` row gives A's images as they are,
+measured on B. It names the smallest fraction whose objective and robustness both reach 0.98 of cold.
+
 Heavy at the default settings on a shared CPU; run from the repository root::
 
     python -m benchmarks.hidden_units --ckpt path/to/last.ckpt --data-dir data
     python -m benchmarks.hidden_units --mode cost --epoch-seconds 300
+    python -m benchmarks.hidden_units --mode warm --ckpt-before A.ckpt --ckpt B.ckpt --data-dir data
 """
 
 from __future__ import annotations
@@ -37,7 +48,8 @@ from featvis.cifar import read_split
 from featvis.engine import RenderConfig
 from featvis.hidden import ChannelSheets, SheetConfig
 from featvis.model import ClassifierModule, load_classifier
-from featvis.probe import ProbeSet, agreement, class_purity, top_examples, unit_activations
+from featvis.probe import ProbeSet, agreement, choose_channels, class_purity, top_examples, unit_activations
+from featvis.quality.metrics import random_affine
 
 
 def load_model(ckpt: str | None) -> ClassifierModule:
@@ -163,6 +175,102 @@ def cost(
     }
 
 
+#: Fractions of the default steps the warm-started renders take, and the share of cold they must reach.
+FRACTIONS = (1 / 8, 1 / 4, 1 / 2, 1.0)
+ENOUGH = 0.98
+#: Random transforms per image of the robustness.
+REPEATS = 8
+
+
+def robustness(model: ClassifierModule, layer: str, channels: list[int], rgb: Tensor, seed: int) -> Tensor:
+    """``(U,)`` each channel's objective on its images, averaged over images and :data:`REPEATS` random transforms.
+
+    Args:
+        model: the network the images are measured on.
+        layer: the channels' layer.
+        channels: the ``U`` channel indices, one per row of ``rgb``.
+        rgb: ``(U, K, 3, H, W)`` images in [0, 1].
+        seed: seed of the private generator of the transforms (the same seed, the same transforms).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    units, per_unit = rgb.shape[:2]
+    images = rgb.flatten(0, 1)
+    rows, columns = torch.arange(len(images)), torch.tensor(channels).repeat_interleave(per_unit)
+    total = torch.zeros(len(images))
+    for _ in range(REPEATS):
+        moved = random_affine(images, generator)
+        total += unit_activations(model, layer, model.colour.to_model(moved))[rows, columns]
+    return (total / REPEATS).view(units, per_unit).mean(dim=1)
+
+
+def warm(
+    before: ClassifierModule,
+    after: ClassifierModule,
+    probe: ProbeSet,
+    layer: str,
+    k: int,
+    n: int,
+    config: RenderConfig,
+    seed: int,
+) -> dict[str, Any]:
+    """Cold renders against renders warm-started from the epoch before; see the module docstring."""
+    rule = SheetConfig().rule
+    name = ChannelSheets(SheetConfig(layers=[layer], k=k, examples=n)).check(after, config.size)[0]
+    channels = choose_channels(unit_activations(after, name, probe.images), k, rule, examples=n)
+    sheet = SheetConfig(layers=[name], channels=channels, examples=n, probe_size=len(probe), warm_start=True)
+
+    def sheet_render(model: ClassifierModule, state: dict | None, steps: int | None) -> dict[str, Any]:
+        sheets = ChannelSheets(sheet)
+        if state is not None:
+            sheets.load_state_dict(state)
+        sheets.setup(model, probe, model.colour, seed, config.size)
+        info = sheets.render(model, model.colour, None, config, scale=1, steps=steps)[name]
+        return info | {"state": sheets.state_dict()}
+
+    start = sheet_render(before, None, None)
+    cold = sheet_render(after, None, None)
+    cold_objective = float(cold["values"].mean())
+    cold_robustness = float(robustness(after, name, channels, cold["rgb"], seed).mean())
+
+    def row(kind: str, fraction: float, steps: int, seconds: float, values: Tensor, rgb: Tensor) -> dict:
+        robust = float(robustness(after, name, channels, rgb, seed).mean())
+        return {
+            "start": kind,
+            "fraction": fraction,
+            "steps": steps,
+            "seconds": seconds,
+            "objective": float(values.mean()),
+            "robustness": robust,
+            "objective_rel": float(values.mean()) / cold_objective,
+            "robustness_rel": robust / cold_robustness,
+        }
+
+    as_is = unit_activations(after, name, after.colour.to_model(start["rgb"].flatten(0, 1)))
+    as_is = as_is[torch.arange(len(channels)), channels].view(len(channels), 1)  # one image per channel
+    rows = [
+        row("start", 0.0, 0, 0.0, as_is, start["rgb"]),
+        row("cold", 1.0, cold["steps"], cold["render_seconds"], cold["values"], cold["rgb"]),
+    ]
+    for fraction in FRACTIONS:
+        info = sheet_render(after, start["state"], max(1, round(fraction * config.steps)))
+        if not info["warm"]:
+            raise RuntimeError("the warm-started render started cold; the benchmark's setup is wrong.")
+        rows.append(row("warm", fraction, info["steps"], info["render_seconds"], info["values"], info["rgb"]))
+    enough = [
+        r["fraction"]
+        for r in rows
+        if r["start"] == "warm" and r["objective_rel"] >= ENOUGH and r["robustness_rel"] >= ENOUGH
+    ]
+    return {
+        "layer": name,
+        "channels": channels,
+        "steps": config.steps,
+        "rows": rows,
+        "smallest_fraction": min(enough) if enough else None,
+        "threads": torch.get_num_threads(),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark and print its numbers.
 
@@ -175,14 +283,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ``channels``, ``maximisation``, ``agreement``, ``agreement_baseline``, ``purity``, ``seconds`` and
         ``per_channel`` lists ``vis_value``, ``top1_value``, ``agreement``, ``purity``), ``purity_random_draws``,
         ``purity_all_channels``; cost mode: ``layer``, ``channels``, ``steps`` and the seconds ``probe_read``, ``setup``, ``render``, ``sheet_call``,
-        ``total`` (and ``epoch_share`` with ``--epoch-seconds``).
+        ``total`` (and ``epoch_share`` with ``--epoch-seconds``); warm mode: ``layer``, ``channels``, ``steps``
+        (the default steps), ``rows`` (each ``start``: ``"start"`` (A's images measured on B), ``"cold"`` or
+        ``"warm"``; ``fraction``, ``steps``, ``seconds``, ``objective``, ``robustness`` and the last two relative
+        to the cold row, ``objective_rel`` and ``robustness_rel``), ``smallest_fraction`` (None when no
+        warm row reaches 0.98 of cold in both) and ``threads``.
     """
     defaults, sheet = RenderConfig(), SheetConfig()
     parser = make_parser("benchmarks.hidden_units", __doc__)
-    parser.add_argument("--mode", choices=["quality", "cost"], default="quality")
+    parser.add_argument("--mode", choices=["quality", "cost", "warm"], default="quality")
     parser.add_argument(
         "--ckpt", default=None, help="ClassifierModule checkpoint; default: untrained network"
     )
+    parser.add_argument("--ckpt-before", default=None, help="warm mode: the checkpoint of the epoch before")
     parser.add_argument("--data-dir", default=None, help="folder holding cifar-10-batches-py")
     parser.add_argument("--layer", default="auto", help="layer name, or auto (the last spatial block)")
     parser.add_argument("--k", type=int, default=sheet.k, help="channels per sheet")
@@ -194,9 +307,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epoch-seconds", type=float, default=None, help="a training epoch's seconds here")
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
     args = parser.parse_args(argv)
+    if args.mode == "warm" and not (args.ckpt and args.ckpt_before):
+        raise ValueError("warm mode needs --ckpt-before and --ckpt (checkpoints of consecutive epochs).")
     model = load_model(args.ckpt)
     source = args.ckpt or "untrained default network"
-    if args.mode == "cost":
+    if args.mode == "warm":
+        probe = read_probe(args.data_dir, model, args.probe_size, args.seed)
+        config = defaults.replace(image_size=tuple(probe.images.shape[-2:]), steps=args.steps)
+        result = warm(
+            load_model(args.ckpt_before), model, probe, args.layer, args.k, args.examples, config, args.seed
+        )
+        print(
+            f"{args.ckpt_before} -> {source}: {len(result['channels'])} channels of {result['layer']}, "
+            f"{result['threads']} threads; relative to the cold render at {result['steps']} steps"
+        )
+        print("start  fraction  steps  seconds  objective  robustness")
+        for row in result["rows"]:
+            print(
+                f"{row['start']:6} {row['fraction']:8.3f}  {row['steps']:5d}  {row['seconds']:7.2f}"
+                f"  {row['objective_rel']:9.3f}  {row['robustness_rel']:10.3f}"
+            )
+        print(f"smallest fraction reaching {ENOUGH} of cold in both: {result['smallest_fraction']}")
+    elif args.mode == "cost":
         result = cost(
             model, args.data_dir, args.layer, args.k, args.examples, args.probe_size, args.seed, args.steps
         )
@@ -229,7 +361,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row = result[rule]
             print(
                 f"{rule:12}{row['maximisation']:12.2f}  {row['agreement']:9.2f} ({row['agreement_baseline']:.2f})"
-                f"      {row['purity']:6.2f}  {row['seconds']:7.1f}"
+                f"      {row['purity']:6.2f}  {row['seconds']:7.2f}"
             )
         print(
             f"purity of random channel sets ({args.random_draws} draws): {result['purity_random_draws']:.3f}; "

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from featvis.engine.checks import check_int, check_number
@@ -181,6 +181,37 @@ class TimeBudget:
         total = sum(counts.values())
         for layer, n in counts.items():
             self.observe(SHEETS + layer, seconds * n / total, steps, n)
+
+    def measured(self, part: str) -> bool:
+        """Whether ``part`` has a cost (measured, calibrated or restored from a checkpoint)."""
+        return part in self._costs
+
+    def record_epoch(
+        self,
+        plan: BudgetPlan,
+        spent: float,
+        classes: float,
+        sheets: tuple[float, float, Mapping[str, int]] | None = None,
+    ) -> None:
+        """Record one epoch's featvis work as a training callback measures it.
+
+        Args:
+            plan: the plan the epoch ran.
+            spent: wall time of all featvis work of the epoch.
+            classes: seconds of the class render (``plan.steps`` steps).
+            sheets: for an epoch that rendered channel sheets: the seconds of the whole sheet call, those of its
+                batched render (``plan.sheet_steps`` steps; the rest is the probe pass) and the images rendered
+                per layer; None without sheets.
+        """
+        self.observe("classes", classes, plan.steps)
+        accounted = classes
+        if sheets is not None:
+            total, rendered, images = sheets
+            self.observe_split(rendered, plan.sheet_steps, images)
+            self.observe("sheets", max(0.0, total - rendered), 0)
+            accounted += total
+        # The rest (metrics, writing, gathers) is the fixed cost of every epoch.
+        self.observe("fixed", max(0.0, spent - accounted), 0)
 
     def calibrate(
         self,
@@ -371,25 +402,13 @@ class TimeBudget:
             values["budget/seconds"] = self.seconds
         return values
 
-    def describe(self, plan: BudgetPlan) -> str:
-        """The plan in one line for an info log (see :func:`describe`)."""
-        return describe(plan)
-
     # ---------------------------------------------------------------------------------------------- state
 
     def state_dict(self) -> dict[str, Any]:
         """The measured costs per part, so a resumed run plans the same way (the budget itself is not saved)."""
         return {
             "version": _STATE_VERSION,
-            "costs": {
-                part: {
-                    "rate": c.rate,
-                    "image_rate": c.image_rate,
-                    "images": c.images,
-                    "provisional": c.provisional,
-                }
-                for part, c in self._costs.items()
-            },
+            "costs": {part: asdict(cost) for part, cost in self._costs.items()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -405,15 +424,9 @@ class TimeBudget:
             )
         costs = {}
         for part, c in state["costs"].items():
-            _is_fixed(part)
-            costs[part] = _Cost(
-                rate=check_number(f"rate of {part!r}", c["rate"], 0),
-                image_rate=None
-                if c["image_rate"] is None
-                else check_number("image_rate", c["image_rate"], 0),
-                images=c["images"],
-                provisional=bool(c["provisional"]),
-            )
+            _is_fixed(part)  # a name that is no part raises
+            check_number(f"rate of {part!r}", c["rate"], 0)
+            costs[part] = _Cost(**c)
         self._costs = costs
 
 

@@ -38,6 +38,7 @@ epoch's PNG folder, with the scalars ``<prefix>/channels/<layer>/purity`` and ``
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +48,14 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 from featvis.basis import LearnedBasis
+from featvis.budget import BudgetPlan, TimeBudget, describe
 from featvis.colour import ColourTransform, InputConvention, InputSpace
 from featvis.engine import RenderConfig, class_names_of, device_and_dtype, fork_rng, render, resolve_layer
 from featvis.engine.checks import check_bool, check_int
 from featvis.hidden import ChannelSheets, SheetConfig
 from featvis.outputs import RenderOutputs, WarnOnce
 from featvis.scoring import RunScorer
+from featvis.shards import gather_render, shard
 from featvis.targets import Target, TargetSpec, image_size_of
 from featvis.timeline import Timeline
 
@@ -86,6 +89,9 @@ class FeatureVisCallback(Callback):
         config: the render settings (steps, learning rate, images per target, ...); see ``RenderConfig``.
         sheets: hidden-unit channel sheets (``SheetConfig``: layers, channels or an automatic choice of ``k``,
             top dataset examples): logged as ``<prefix>/channels/<layer>`` beside the class render; None: off.
+        budget_seconds: seconds per epoch for all featvis work (renders, sheets, metrics); the steps are scaled,
+            then sheet layers skipped (last first), to stay inside it (``featvis.budget``), logged as
+            ``<prefix>/budget/*``; a budget too small for one class render fails before training. None: no limit.
         normalization_mean: RGB mean of an ordinary ``(rgb - mean) / std`` input normalisation, 3 values in
             [0, 1] units; use with ``normalization_std`` for models that have no colour transform of their own.
         normalization_std: RGB standard deviation of that normalisation, 3 positive values.
@@ -118,6 +124,7 @@ class FeatureVisCallback(Callback):
         neuron: bool = False,
         config: RenderConfig | None = None,
         sheets: SheetConfig | None = None,
+        budget_seconds: float | None = None,
         normalization_mean: list[float] | None = None,
         normalization_std: list[float] | None = None,
         input_convention: InputConvention | None = None,
@@ -156,7 +163,8 @@ class FeatureVisCallback(Callback):
         self._timeline = Timeline(self._warn)  # saved in checkpoints, so a resumed run continues it
         self._basis = LearnedBasis(self._warn)  # saved in checkpoints too: a resumed run keeps its colours
         # Channel sheets: their probe set and chosen channels are saved in checkpoints too.
-        self._sheets = ChannelSheets(sheets) if sheets is not None else None
+        self._sheets = ChannelSheets(sheets, self._warn) if sheets is not None else None
+        self._budget = TimeBudget(budget_seconds)  # its measured costs are saved in checkpoints too
         self._run: dict[str, Any] = {}  # image size and class names as rendered, for `featvis render`
         self._resumed = False  # set by load_state_dict: prune the PNG folders the checkpoint does not cover
 
@@ -174,12 +182,17 @@ class FeatureVisCallback(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         tags = [t.tag for t in self._targets] if self._targets is not None else None
-        state = {"format": _STATE_FORMAT, "seed": self.config.seed, "every_n_epochs": self.every_n_epochs}
+        state: dict[str, Any] = {
+            "format": _STATE_FORMAT,
+            "seed": self.config.seed,
+            "every_n_epochs": self.every_n_epochs,
+        }
         # What `featvis render --model-class` needs to render this checkpoint as the run did.
         convention = self.convention.to_state() if self.convention is not None else None
         run = {"convention": convention, "settings": self.config.plain()} | self._run
         sheets = self._sheets.state_dict() if self._sheets is not None else {}
-        return state | self._timeline.state_dict(tags) | self._basis.state_dict() | sheets | {"render": run}
+        state |= {"render": run, "budget": self._budget.state_dict()}
+        return state | self._timeline.state_dict(tags) | self._basis.state_dict() | sheets
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("format") != _STATE_FORMAT:
@@ -194,6 +207,8 @@ class FeatureVisCallback(Callback):
         self._basis.load_state_dict(state_dict)
         if self._sheets is not None:
             self._sheets.load_state_dict(state_dict)
+        if "budget" in state_dict:
+            self._budget.load_state_dict(state_dict["budget"])
         self._resumed = True
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -212,6 +227,12 @@ class FeatureVisCallback(Callback):
             self._resumed, log_dir = False, _log_dir(trainer)  # collective under DDP: every rank calls it
             if trainer.is_global_zero:
                 self._outputs.prune(log_dir, self._timeline.epochs)
+        if self._budget.active and not self._skip(trainer):  # a budget too small fails now, before training
+            if not self._budget.measured("classes"):  # a 2-step render; every rank joins (a DDP gather)
+                self._budget.calibrate(
+                    "classes", lambda steps: self.render(pl_module, trainer, steps)["seconds"]
+                )
+            self._budget.check(self.config.steps)
         epoch = trainer.current_epoch
         if self._skip(trainer) or (epoch == 0 and not self.render_before_training):
             return
@@ -238,7 +259,11 @@ class FeatureVisCallback(Callback):
             return
         log_dir = _log_dir(trainer)  # collective under DDP: every rank calls it
         if trainer.is_global_zero:
-            self._outputs.log_timeline(trainer.loggers, log_dir, trainer.global_step, self._timeline)
+            loggers, step = trainer.loggers, trainer.global_step
+            self._outputs.log_timeline(loggers, log_dir, step, self._timeline)
+            if self._sheets is not None:  # each layer's channels over the epochs, and their specialisation
+                timelines, purity = self._sheets.timelines(), self._sheets.purity_history()
+                self._outputs.log_layer_histories(loggers, log_dir, step, timelines, purity)
 
     def _skip(self, trainer: pl.Trainer) -> bool:
         fast_dev_run = getattr(trainer, "fast_dev_run", False)  # set by Trainer.__init__, not declared
@@ -248,7 +273,9 @@ class FeatureVisCallback(Callback):
 
     # ------------------------------------------------------------------ rendering
 
-    def render(self, pl_module: nn.Module, trainer: pl.Trainer | None = None) -> dict[str, Any]:
+    def render(
+        self, pl_module: nn.Module, trainer: pl.Trainer | None = None, steps: int | None = None
+    ) -> dict[str, Any]:
         """Render this callback's targets for ``pl_module`` as it is now, without logging anything.
 
         Under DDP every rank must call it; the targets are split across the ranks and gathered on all of them.
@@ -256,6 +283,7 @@ class FeatureVisCallback(Callback):
         Args:
             pl_module: the model (a LightningModule or any module mapping model-space images to logits).
             trainer: the trainer, for the datamodule, the ranks and the gather; None renders in this process.
+            steps: optimisation steps of this render; None: the config's.
 
         Returns:
             A dict with ``rgb`` ``(T, K, 3, H, W)`` in [0, 1] on the CPU, ``values`` ``(T, K)``, ``probs``
@@ -264,73 +292,73 @@ class FeatureVisCallback(Callback):
         """
         with torch.inference_mode(False), torch.no_grad(), fork_rng(pl_module):
             targets = self._targets_for(trainer, pl_module)
-            config = self.config.replace(image_size=self._size(trainer, pl_module))
-            world = trainer.world_size if trainer is not None else 1
-            rank = trainer.global_rank if trainer is not None else 0
-            per_rank = -(-len(targets) // world)
-            mine = targets[rank * per_rank : (rank + 1) * per_rank]
-            k, (height, width) = config.images_per_target, config.size
-            # One row per target of this rank's shard, padded to per_rank so every rank gathers the same shape:
-            # k*3*H*W pixels, k values, k probabilities, the seconds.
-            packed = torch.zeros(
-                per_rank, k * (3 * height * width + 2) + 1, device=device_and_dtype(pl_module)[0]
+            config = self.config.replace(
+                image_size=self._size(trainer, pl_module), steps=steps or self.config.steps
             )
+            mine, per_rank = shard(targets, trainer)  # this rank's targets (all of them in one process)
             # Collective under DDP (rank 0 fits, the others take its basis): every rank calls it.
             basis = self._basis.get(trainer, pl_module, self.space) if self.learn_basis else None
-            if mine:
-                colour, objectives = self._colour(trainer, pl_module), [t.objective for t in mine]
-                result = render(pl_module, objectives, config=config, colour=colour, basis=basis)
-                seconds = torch.full((len(mine), 1), result.seconds)
-                fields = (result.rgb.flatten(1), result.values, result.target_probs(), seconds)
-                packed[: len(mine)] = torch.cat([field.to(packed) for field in fields], dim=1)
-            if trainer is not None and world > 1:
-                packed = trainer.strategy.all_gather(packed).reshape(world * per_rank, -1)  # every rank joins
-            packed = packed[: len(targets)].float().cpu()
-            pixels = k * 3 * height * width
-            return {
-                "rgb": packed[:, :pixels].reshape(len(targets), k, 3, height, width),
-                "values": packed[:, pixels : pixels + k],
-                "probs": packed[:, pixels + k : pixels + 2 * k],
-                "names": [t.tag for t in targets],
-                "seconds": float(packed[:, -1].max()),
-            }
+            colour, objectives = self._colour(trainer, pl_module), [t.objective for t in mine]
+            result = (
+                render(pl_module, objectives, config=config, colour=colour, basis=basis) if mine else None
+            )
+            device, k = device_and_dtype(pl_module)[0], config.images_per_target
+            out = gather_render(trainer, result, per_rank, len(targets), k, config.size, device)  # every rank
+            return out | {"names": [t.tag for t in targets]}
 
     def _maybe_render(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
         if epoch % self.every_n_epochs or epoch in self._timeline.epochs:
             return
         # Lightning may call this under inference mode (end of validation); keep our tensors ordinary ones.
         with torch.inference_mode(False), torch.no_grad():
-            result = self.render(pl_module, trainer)
+            start, plan = time.perf_counter(), self._plan(trainer)
+            result = self.render(pl_module, trainer, plan.steps)
             log_dir = _log_dir(trainer)  # collective under DDP: every rank calls it
             self._timeline.add(epoch, result["rgb"], result["names"])
             if trainer.is_global_zero:
                 rgb, tags, step = result["rgb"], result["names"], trainer.global_step
                 scalars = self._scalars(result, trainer, pl_module)
-                sheets = self._render_sheets(trainer, pl_module, epoch, scalars)
+                sheets, sheet_scalars, timing = self._render_sheets(trainer, pl_module, epoch, plan)
+                spent = time.perf_counter() - start
+                self._budget.record_epoch(plan, spent, result["seconds"], timing)
+                scalars |= sheet_scalars
+                if self._budget.active:
+                    scalars |= {f"{self.prefix}/{k}": v for k, v in self._budget.scalars(plan, spent).items()}
                 self._outputs.log_render(trainer.loggers, log_dir, epoch, step, rgb, tags, scalars, sheets)
 
+    def _plan(self, trainer: pl.Trainer) -> BudgetPlan:
+        """This epoch's steps and sheet layers: the settings, or what fits the time budget (rank 0 decides)."""
+        sheets = self._sheets
+        sheet_steps = sheets.next_steps(self.config) if sheets is not None else 0
+        plan = self._budget.plan(self.config.steps, sheet_steps, sheets.layers or [] if sheets else [])
+        plan = trainer.strategy.broadcast(plan) if trainer.world_size > 1 else plan  # one plan for all ranks
+        if plan.scale < 1 or plan.skipped:
+            self._warn(f"budget:{plan}", f"FeatureVisCallback: {describe(plan)}", info=True)
+        return plan
+
     def _render_sheets(
-        self, trainer: pl.Trainer, pl_module: nn.Module, epoch: int, scalars: dict[str, float]
-    ) -> dict[str, Tensor]:
-        """The channel sheets of this epoch by layer, their scalars added to ``scalars`` (rank 0 only)."""
-        if self._sheets is None:
-            return {}
-        colour, size = self._colour(trainer, pl_module), self._size(trainer, pl_module)
-        data = getattr(trainer, "datamodule", None)
-        if self._sheets.probe is None:  # a fixed probe set: the datamodule's split("train"), else the loader
-            source = data if callable(getattr(data, "split", None)) else trainer.train_dataloader
-            self._sheets.setup(pl_module, source, colour, self.config.seed, size)
-        basis, config = (
-            self._basis.transform if self.learn_basis else None,
-            self.config.replace(image_size=size),
+        self, trainer: pl.Trainer, pl_module: nn.Module, epoch: int, plan: BudgetPlan
+    ) -> tuple[dict[str, Tensor], dict[str, float], tuple[float, float, dict[str, int]] | None]:
+        """This epoch's channel sheets (rank 0 only): pictures by name, scalars, the timing for the budget."""
+        if self._sheets is None or not plan.layers:
+            return {}, {}, None
+        colour, config = (
+            self._colour(trainer, pl_module),
+            self.config.replace(image_size=self._size(trainer, pl_module)),
         )
+        if self._sheets.probe is None:  # a fixed probe set: the datamodule's split("train"), else the loader
+            data = getattr(trainer, "datamodule", None)
+            source = data if callable(getattr(data, "split", None)) else trainer.train_dataloader
+            self._sheets.setup(pl_module, source, colour, self.config.seed, config.size)
+        basis, steps = self._basis.transform if self.learn_basis else None, plan.sheet_steps
         # Automatic channel choices are kept once the model has trained (see featvis.hidden), not at step 0.
-        out = self._sheets.render(pl_module, colour, basis, config, keep=epoch > 0)
-        for layer, info in out.items():
+        out = self._sheets.render(
+            pl_module, colour, basis, config, keep=epoch > 0, epoch=epoch, steps=steps, layers=plan.layers
+        )
+        for info in out.values():
             self._warn(f"sheet:{info['tags']}", f"FeatureVisCallback: sheet of {info['tags']}", info=True)
-            scalars[f"{self.prefix}/channels/{layer}/purity"] = float(info["purity"].nanmean())
-            scalars[f"{self.prefix}/channels/render_seconds"] = float(info["seconds"])
-        return {f"channels/{layer}": info["sheet"] for layer, info in out.items()}
+        pictures, scalars, timing = ChannelSheets.summary(out)
+        return pictures, {f"{self.prefix}/{key}": value for key, value in scalars.items()}, timing
 
     def _scalars(self, result: dict[str, Any], trainer: pl.Trainer, pl_module: nn.Module) -> dict[str, float]:
         """The render's scalars (rank 0 only: no collectives in here)."""

@@ -711,3 +711,71 @@ def test_channel_sheets_of_an_unknown_layer_fail_at_setup(tmp_path):
     with pytest.raises(ValueError, match="net.conv"):
         make_trainer(tmp_path, [callback], epochs=1).fit(TinyClassifier())
     assert not (tmp_path / "run").exists() or not list((tmp_path / "run").rglob("*.png"))
+
+
+def test_channel_timeline_specialisation_and_warm_start_are_logged(tmp_path):
+    sheets = SheetConfig(layers=["net.conv"], k=2, examples=3, probe_size=24, warm_start=True)
+    callback = FeatureVisCallback(config=FAST, targets=[0], sheets=sheets)
+    trainer = make_trainer(tmp_path, [callback], epochs=3)
+    trainer.fit(TinyClassifier())
+    log_dir = Path(trainer.log_dir)
+    # Epoch 0 chooses on the untrained net for that render only; epoch 1 chooses for the run (cold, other
+    # channels); epochs 2 and 3 start from the previous epoch's images.
+    assert [value for _, value in read_scalars(log_dir, "featvis/channels/warm")] == [0.0, 0.0, 1.0, 1.0]
+    events = read_events(log_dir)
+    for name in ("timeline", "specialisation"):
+        assert [step for step, _, _ in events["images"][f"featvis/channels/net.conv/{name}"]] == [9]
+    # The history covers the epochs of the run's channels: 1, 2, 3 (columns), one row per channel.
+    timeline = img.load_png(log_dir / "featvis" / "channels" / "net.conv" / "timeline.png")
+    tile = FAST.size[0] * max(1, 128 // FAST.size[0])
+    assert 3 * tile < timeline.shape[2] < 4 * tile + 200 and 2 * tile < timeline.shape[1] < 3 * tile + 100
+    assert float(timeline.std()) > 0.05
+    curve = img.load_png(log_dir / "featvis" / "channels" / "net.conv" / "specialisation.png")
+    epochs, purity, tags = callback._sheets.purity_history()["net.conv"]
+    assert epochs == [1, 2, 3] and purity.shape == (3, 2) and len(tags) == 2
+    assert curve.shape[0] == 3 and float(curve.std()) > 0.05
+    # The purity scalars are the history's mean per epoch.
+    logged = [value for step, value in read_scalars(log_dir, "featvis/channels/net.conv/purity")][1:]
+    assert logged == pytest.approx(purity.nanmean(dim=1).tolist(), abs=1e-6)
+
+
+def test_a_time_budget_scales_steps_and_skips_sheets_and_logs_what_it_did(tmp_path):
+    sheets = SheetConfig(layers=["net.conv", "net.act"], k=2, examples=2, probe_size=16)
+    config = FAST.replace(steps=40)
+    callback = FeatureVisCallback(config=config, targets=[0], sheets=sheets, budget_seconds=30.0)
+    # Costs as if measured: 0.5 s per class step, 1 s per sheet step and layer, 2 s of fixed work per epoch. The
+    # full request (100 s) does not fit 30 s; both layers at the minimum 16 steps (42 s) do not either, so the
+    # last layer goes, and the steps of the rest scale to fit: 0.5 s * 18 + 1 s * 18 + 2 s = 29 s.
+    budget = callback._budget
+    budget.observe("classes", 20.0, 40)
+    budget.observe("sheets:net.conv", 40.0, 40)
+    budget.observe("sheets:net.act", 40.0, 40)
+    budget.observe("fixed", 2.0, 0)
+    budget.smoothing = 1e-6  # keep these costs: the tiny model's real ones are far smaller
+    trainer = make_trainer(tmp_path, [callback], epochs=1)
+    trainer.fit(TinyClassifier())
+    log_dir = Path(trainer.log_dir)
+    assert [v for _, v in read_scalars(log_dir, "featvis/budget/layers_skipped")] == [1.0, 1.0]
+    assert [v for _, v in read_scalars(log_dir, "featvis/budget/step_scale")] == pytest.approx([0.45, 0.45])
+    assert [v for _, v in read_scalars(log_dir, "featvis/budget/seconds")] == [30.0, 30.0]
+    images = read_events(log_dir)["images"]
+    assert "featvis/channels/net.conv" in images and "featvis/channels/net.act" not in images
+    # A tighter budget scales the class steps instead: 0.5 s/step * s + 2 s <= 12 s -> s = 20 of 40.
+    callback = FeatureVisCallback(config=config, targets=[0], budget_seconds=12.0)
+    callback._budget.observe("classes", 20.0, 40)
+    callback._budget.observe("fixed", 2.0, 0)
+    callback._budget.smoothing = 1e-6
+    trainer = make_trainer(tmp_path / "tight", [callback], epochs=1)
+    trainer.fit(TinyClassifier())
+    scale = [v for _, v in read_scalars(Path(trainer.log_dir), "featvis/budget/step_scale")]
+    assert scale == pytest.approx([0.5, 0.5], abs=0.03)
+
+
+def test_a_budget_too_small_for_one_render_fails_before_training(tmp_path):
+    callback = FeatureVisCallback(config=FAST.replace(steps=64), targets=[0], budget_seconds=1e-6)
+    trainer = make_trainer(tmp_path, [callback], epochs=1)
+    with pytest.raises(
+        ValueError, match=r"budget_seconds=1e-06 is below the measured minimum .* raise budget_seconds"
+    ):
+        trainer.fit(TinyClassifier())
+    assert trainer.global_step == 0 and not list(tmp_path.rglob("*.png"))

@@ -29,11 +29,12 @@ def test_ddp_spawn_logs_every_epoch_once(tmp_path):
     log_dir = tmp_path / "run" / "version_0"
     events = read_events(log_dir)
     expected = {f"featvis/{name}" for name in CLASSES} | {"featvis/all", "featvis/timeline"}
-    expected |= {"featvis/channels/net.conv"}
+    expected |= {f"featvis/channels/net.conv{name}" for name in ("", "/timeline", "/specialisation")}
     expected |= {"chan/net.conv.ch0", "chan/net.conv.ch1", "chan/all", "chan/timeline"}
     assert set(events["images"]) == expected
     for tag, entries in events["images"].items():
-        assert sorted(e[0] for e in entries) == ([steps[-1]] if tag.endswith("timeline") else steps), tag
+        once = tag.endswith(("timeline", "specialisation"))  # at the end of fit
+        assert sorted(e[0] for e in entries) == ([steps[-1]] if once else steps), tag
     assert sorted(events["scalars"]["featvis/target_prob"]) == steps
     assert sorted(events["scalars"]["featvis/channels/net.conv/purity"]) == steps
     for prefix, names in (("featvis", CLASSES), ("chan", ["net.conv.ch0", "net.conv.ch1"])):
@@ -43,8 +44,9 @@ def test_ddp_spawn_logs_every_epoch_once(tmp_path):
         files = sorted((log_dir / prefix).rglob("*.png"))
         # 3 epochs x targets x 2 images (plus a sheet per epoch), plus the timeline: nothing written twice,
         # nothing missing.
-        sheet_files = [f for f in files if f.parent.name == "channels"]
-        assert len(sheet_files) == (3 if prefix == "featvis" else 0)
+        sheet_files = [f for f in files if "channels" in f.relative_to(log_dir / prefix).parts]
+        # A sheet per epoch, and the layer's timeline and specialisation curve.
+        assert len(sheet_files) == (3 + 2 if prefix == "featvis" else 0)
         assert len(files) - len(sheet_files) == 3 * len(names) * 2 + 1
         for epoch in range(3):
             for name in names:

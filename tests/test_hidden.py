@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import math
 from collections import OrderedDict
 
 import pytest
@@ -10,8 +12,9 @@ from helpers import FAST, TinyClassifier
 from torch import nn
 from torch.utils.data import DataLoader
 
+from featvis.engine import Channel, render
 from featvis.hidden import ChannelSheets, SheetConfig
-from featvis.probe import ProbeSet
+from featvis.probe import ProbeSet, class_purity, top_examples, unit_activations
 
 
 def _model() -> TinyClassifier:
@@ -62,6 +65,13 @@ def _brute_means(model: nn.Module, layer: nn.Module, images: torch.Tensor) -> to
         ({"rule": "entropy"}, "rule must be one of 'selectivity', 'kurtosis', 'variance', 'change'"),
         ({"images_per_channel": 0}, "images_per_channel must be an integer >= 1"),
         ({"neuron": "yes"}, "neuron must be True or False"),
+        ({"warm_start": 1}, "warm_start must be True or False, got 1"),
+        ({"warm_steps": 0}, "warm_steps must be an integer >= 1, got 0"),
+        ({"warm_steps": 2.5}, "warm_steps must be an integer >= 1"),
+        (
+            {"warm_start": True, "rule": "change"},
+            "warm_start=True needs the same channels every epoch, which rule='change' does not keep",
+        ),
     ],
 )
 def test_sheet_config_is_validated_when_made(kwargs, message) -> None:
@@ -228,3 +238,202 @@ def test_neuron_sheets_rank_examples_by_the_centre_neuron() -> None:
         ranked = sorted(range(30), key=lambda i: (-float(centre[i, channel]), i))[:3]
         assert info["example_indices"][row].tolist() == ranked
         assert torch.allclose(info["example_values"][row], centre[ranked, channel], atol=1e-5)
+
+
+def _saved(state: dict) -> dict:
+    """``state`` after a trip through ``torch.save``/``torch.load``, as a checkpoint takes it."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def test_warm_start_continues_from_the_last_render_and_a_restored_copy_renders_the_same() -> None:
+    model = _model()
+    probe = _probe(model)
+    config = SheetConfig(layers=["net.conv", "net.act"], k=2, examples=3, warm_start=True)
+    render_config = FAST.replace(steps=4)
+    sheets = ChannelSheets(config)
+    sheets.setup(model, probe, model.colour, seed=0, size=8)
+
+    first = sheets.render(model, model.colour, None, render_config, scale=1)
+    assert [(info["warm"], info["steps"]) for info in first.values()] == [(False, 4), (False, 4)]
+    # The engine's own render of all layers' channels in one batch: the parameters kept for the next render.
+    objectives = [Channel(layer, c) for layer, info in first.items() for c in info["channels"]]
+    cold = render(model, objectives, config=render_config.replace(images_per_target=1), colour=model.colour)
+    assert torch.equal(torch.cat([info["rgb"] for info in first.values()]), cold.rgb)
+    state = _saved(sheets.state_dict())
+    assert torch.equal(state["sheets_warm"]["parameters"], cold.parameters)
+    assert state["sheets_warm"]["tags"] == first["net.conv"]["tags"] + first["net.act"]["tags"]
+
+    with torch.no_grad():  # an epoch of training later
+        model.net.conv.weight.mul_(torch.linspace(0.8, 1.2, 6).view(6, 1, 1, 1))
+    restored = ChannelSheets(config)
+    restored.load_state_dict(state)
+    restored.setup(model, probe, model.colour, seed=0, size=8)
+    second = sheets.render(model, model.colour, None, render_config, scale=1)
+    assert [(info["warm"], info["steps"]) for info in second.values()] == [(True, 2), (True, 2)]  # half of 4
+    warm = render(
+        model,
+        objectives,
+        config=render_config.replace(images_per_target=1, steps=2),
+        colour=model.colour,
+        start=cold.parameters,
+    )
+    assert torch.equal(torch.cat([info["rgb"] for info in second.values()]), warm.rgb)
+    assert not torch.equal(warm.rgb, cold.rgb)
+    resumed = restored.render(model, model.colour, None, render_config, scale=1)
+    for layer, info in second.items():  # bit-identical to the uninterrupted run's render
+        assert torch.equal(resumed[layer]["rgb"], info["rgb"]) and resumed[layer]["warm"]
+        assert torch.equal(resumed[layer]["values"], info["values"])
+
+    budget = sheets.render(model, model.colour, None, render_config, scale=1, steps=3)["net.act"]
+    assert budget["warm"] and budget["steps"] == 3
+    fixed = ChannelSheets(
+        SheetConfig(layers=["net.conv", "net.act"], k=2, examples=3, warm_start=True, warm_steps=1)
+    )
+    fixed.load_state_dict(state)
+    fixed.setup(model, probe, model.colour, seed=0, size=8)
+    assert fixed.render(model, model.colour, None, render_config, scale=1)["net.act"]["steps"] == 1
+    # Another image size or images per channel: the kept parameters do not fit, so the render starts cold.
+    other = sheets.render(model, model.colour, None, render_config.replace(image_size=6), scale=1)["net.act"]
+    assert (other["warm"], other["steps"], other["rgb"].shape[-1]) == (False, 4, 6)
+    with pytest.raises(ValueError, match="steps must be an integer >= 1, got 0"):
+        sheets.render(model, model.colour, None, render_config, steps=0)
+
+
+def test_without_warm_start_every_render_is_cold_and_nothing_is_kept() -> None:
+    model = _model()
+    sheets = ChannelSheets(SheetConfig(layers=["net.conv"], channels=[1, 4], examples=3))
+    sheets.setup(model, _probe(model), model.colour, seed=0, size=8)
+    infos = [
+        sheets.render(model, model.colour, None, FAST.replace(steps=2), scale=1)["net.conv"] for _ in "ab"
+    ]
+    assert [(info["warm"], info["steps"]) for info in infos] == [(False, 2), (False, 2)]
+    assert torch.equal(infos[0]["rgb"], infos[1]["rgb"])  # the same cold render twice
+    assert "sheets_warm" not in sheets.state_dict()
+
+
+# A warm start must not hide what the model forgot. The tiny model's six channels are rendered, then each
+# channel's filter is turned by an angle towards a random direction (its bias scaled by the cosine): 30 degrees is
+# a drift, 180 degrees a reversal (the channel now responds to the opposite pattern). Measured with these settings
+# (warm at half the steps, relative to a cold render at full steps on the changed model; per channel):
+#   30 degrees: warm/cold 0.83-1.18 (mean 0.99); the old image's objective is 0.93 of the warm one's.
+#  180 degrees: warm/cold 0.20-0.66 (mean 0.43); the old image's objective is 0.58 of the warm one's.
+# A cold render at half the steps reaches 0.90-0.98 (mean 0.94-0.95) of one at full steps in both cases, so the
+# shortfall after a reversal is the start's, not too few steps: the warm image leaves the old one but does not
+# reach what a cold render finds (with twice a cold render's steps, single reversed channels still reached only
+# 0.55-0.74; probably where the reversed channel is silent on the old image its ReLU passes no gradient).
+# Turning by 90 degrees gave 0.67 (64 steps, two images per channel).
+TRUTH_STEPS, TRUTH_LR = 48, 0.2
+
+
+@pytest.fixture(scope="module")
+def truth_run() -> dict:
+    """The tiny model's six channels rendered cold (one image each), with the state that warm-starts from it."""
+    model = _model()
+    probe = _probe(model)
+    config = SheetConfig(layers=["net.act"], channels=list(range(6)), examples=3, warm_start=True)
+    render_config = FAST.replace(steps=TRUTH_STEPS, lr=TRUTH_LR)
+    sheets = ChannelSheets(config)
+    sheets.setup(model, probe, model.colour, seed=0, size=8)
+    old = sheets.render(model, model.colour, None, render_config, scale=1)["net.act"]
+    return {"config": config, "render": render_config, "old": old, "state": sheets.state_dict()}
+
+
+def _turned(truth_run: dict, degrees: float) -> dict[str, torch.Tensor]:
+    """Turn every channel's filter by ``degrees``; the old image's, warm and cold objectives on the changed model."""
+    model = _model()
+    weight, bias = model.net.conv.weight.detach().clone(), model.net.conv.bias.detach().clone()
+    other = torch.randn(weight.shape, generator=torch.Generator().manual_seed(9))
+    angle = math.radians(degrees)
+    with torch.no_grad():
+        for c in range(6):
+            w = weight[c]
+            away = other[c] - (other[c] * w).sum() / (w * w).sum() * w  # orthogonal to the filter, same norm
+            model.net.conv.weight[c] = math.cos(angle) * w + math.sin(angle) * away * (w.norm() / away.norm())
+            model.net.conv.bias[c] = math.cos(angle) * bias[c]
+    probe = _probe(model)
+    warm = ChannelSheets(truth_run["config"])
+    warm.load_state_dict(truth_run["state"])
+    warm.setup(model, probe, model.colour, seed=0, size=8)
+    warm_info = warm.render(model, model.colour, None, truth_run["render"], scale=1)["net.act"]
+    assert warm_info["warm"] and warm_info["steps"] == TRUTH_STEPS // 2
+    cold = ChannelSheets(truth_run["config"])
+    cold.setup(model, probe, model.colour, seed=0, size=8)
+    cold_info = cold.render(model, model.colour, None, truth_run["render"], scale=1)["net.act"]
+    assert not cold_info["warm"] and cold_info["steps"] == TRUTH_STEPS
+    old_rgb = truth_run["old"]["rgb"][:, 0]
+    # The old images measured on the changed model by a hook-free forward pass of their own.
+    old_on_new = unit_activations(model, "net.act", model.colour.to_model(old_rgb)).diagonal()
+    return {"old": old_on_new, "warm": warm_info["values"][:, 0], "cold": cold_info["values"][:, 0]}
+
+
+def test_a_warm_start_follows_a_drifting_channel_in_half_the_steps(truth_run) -> None:
+    values = _turned(truth_run, 30)
+    assert float(values["warm"].mean() / values["cold"].mean()) >= 0.9
+    assert float((values["warm"] / values["cold"]).min()) >= 0.7
+    assert float(values["warm"].mean()) > float(
+        values["old"].mean()
+    )  # it went on optimising for the new model
+
+
+def test_after_a_reversal_a_warm_image_leaves_the_old_one_but_falls_short_of_a_cold_render(truth_run) -> None:
+    values = _turned(truth_run, 180)
+    # It does not keep showing what the channel no longer detects: the old image excites it far less.
+    assert float(values["old"].mean() / values["warm"].mean()) <= 0.75
+    # A known limit (see above): half the steps from the reversed channel's old image reach well under a cold
+    # render, so warm_start suits gradual training, and a cold render now and then shows what it would miss.
+    assert float(values["warm"].mean() / values["cold"].mean()) <= 0.65
+
+
+def test_render_with_an_epoch_records_each_layers_timeline_and_purity_history() -> None:
+    model = _model()
+    probe = _probe(model)
+    config = SheetConfig(layers=["net.conv", "net.act"], k=2, examples=4)
+    sheets = ChannelSheets(config)
+    sheets.setup(model, probe, model.colour, seed=0, size=8)
+    render_config = FAST.replace(steps=1)
+    sheets.render(model, model.colour, None, render_config, scale=1)  # no epoch: nothing recorded
+    assert sheets.timelines() == {} and sheets.purity_history() == {}
+    assert "sheets_timelines" not in sheets.state_dict()
+    renders, expected = {}, {}
+    modules = {"net.conv": model.net.conv, "net.act": model.net.act}
+    for epoch, factor in ((0, 1.0), (1, -1.0)):
+        with torch.no_grad():  # the second epoch's model ranks the probe images differently
+            model.net.conv.weight.mul_(factor)
+        renders[epoch] = sheets.render(model, model.colour, None, render_config, scale=1, epoch=epoch)
+        for (
+            layer,
+            module,
+        ) in modules.items():  # the purity of the true top examples, by a hook of the test's own
+            top = top_examples(
+                _brute_means(model, module, probe.images), renders[epoch][layer]["channels"], 4
+            )
+            expected[epoch, layer] = class_purity(top, probe.labels)
+    renders[1] = sheets.render(model, model.colour, None, render_config, scale=1, epoch=1)  # replaces epoch 1
+    assert renders[1]["net.act"]["channels"] == renders[0]["net.act"]["channels"]  # chosen once, kept
+
+    state = _saved(sheets.state_dict())
+    restored = ChannelSheets(config)
+    restored.load_state_dict(state)
+    for owner in (sheets, restored):
+        assert list(owner.timelines()) == ["net.conv", "net.act"]
+        for layer in modules:
+            epochs, tags, tiles = owner.timelines()[layer].columns()
+            assert epochs == [0, 1] and tags == renders[0][layer]["tags"]
+            for column, epoch in enumerate(epochs):
+                first = renders[epoch][layer]["rgb"][:, 0]
+                assert torch.allclose(tiles[:, column], (first * 255).round() / 255, atol=1e-6)
+            epochs, purity, tags = owner.purity_history()[layer]
+            assert epochs == [0, 1] and tags == renders[0][layer]["tags"]
+            assert torch.equal(purity, torch.stack([expected[0, layer], expected[1, layer]]))
+    assert any(
+        not torch.equal(expected[0, layer], expected[1, layer]) for layer in modules
+    )  # rows told apart
+    restored.setup(model, probe, model.colour, seed=0, size=8)
+    restored.render(model, model.colour, None, render_config, scale=1, epoch=2)
+    assert restored.purity_history()["net.conv"][0] == [0, 1, 2]
+    assert restored.timelines()["net.act"].columns()[2].shape == (2, 3, 3, 8, 8)
+    with pytest.raises(ValueError, match="epoch must be an integer >= 0, got -1"):
+        restored.render(model, model.colour, None, render_config, epoch=-1)
