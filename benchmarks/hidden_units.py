@@ -217,7 +217,10 @@ def warm(
     rule = SheetConfig().rule
     name = ChannelSheets(SheetConfig(layers=[layer], k=k, examples=n)).check(after, config.size)[0]
     channels = choose_channels(unit_activations(after, name, probe.images), k, rule, examples=n)
-    sheet = SheetConfig(layers=[name], channels=channels, examples=n, probe_size=len(probe), warm_start=True)
+    # stale=0: the warm rows measure the warm start itself; the default guard's decision is reported apart.
+    sheet = SheetConfig(
+        layers=[name], channels=channels, examples=n, probe_size=len(probe), warm_start=True, stale=0.0
+    )
 
     def sheet_render(model: ClassifierModule, state: dict | None, steps: int | None) -> dict[str, Any]:
         sheets = ChannelSheets(sheet)
@@ -247,6 +250,8 @@ def warm(
 
     as_is = unit_activations(after, name, after.colour.to_model(start["rgb"].flatten(0, 1)))
     as_is = as_is[torch.arange(len(channels)), channels].view(len(channels), 1)  # one image per channel
+    # The stale guard (featvis.warm): each channel's activation on its last image, now against when rendered.
+    kept = as_is[:, 0] / start["state"]["sheets_warm"]["values"].view(len(channels), -1).mean(dim=1)
     rows = [
         row("start", 0.0, 0, 0.0, as_is, start["rgb"]),
         row("cold", 1.0, cold["steps"], cold["render_seconds"], cold["values"], cold["rgb"]),
@@ -267,6 +272,8 @@ def warm(
         "steps": config.steps,
         "rows": rows,
         "smallest_fraction": min(enough) if enough else None,
+        "kept_share": [float(v) for v in kept],
+        "guard": "warm" if float(kept.min()) >= SheetConfig().stale else "cold",
         "threads": torch.get_num_threads(),
     }
 
@@ -328,6 +335,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"  {row['objective_rel']:9.3f}  {row['robustness_rel']:10.3f}"
             )
         print(f"smallest fraction reaching {ENOUGH} of cold in both: {result['smallest_fraction']}")
+        shares = result["kept_share"]
+        print(
+            f"stale guard (stale={SheetConfig().stale}): the last images keep {min(shares):.2f}-{max(shares):.2f} "
+            f"of their activation on the new model -> the callback's render starts {result['guard']}"
+        )
     elif args.mode == "cost":
         result = cost(
             model, args.data_dir, args.layer, args.k, args.examples, args.probe_size, args.seed, args.steps

@@ -8,6 +8,12 @@ at which step they log (the trainer's global step, the x axis of Lightning's own
 in checkpoints (and, on resume, dropping PNG folders that the checkpoint does not cover), and the DDP split and
 gather.
 
+It renders once before training and after every ``every_n_epochs``-th training epoch ``e`` (counted from 1),
+with the same seed every time, so only the model changes between pictures. Images and scalars are logged at
+``trainer.global_step`` (0 before training, the global step at the end of epoch ``e`` after it), the x axis of
+Lightning's own charts, with the scalar ``epoch`` (``e``) beside them; PNG folders are named ``epoch_<e>``. The
+visualised module is the LightningModule itself: its ``forward`` maps model-space images to logits.
+
 It leaves training untouched: the engine restores train/eval flags, never writes parameter gradients and draws
 its randomness from a private generator seeded identically every epoch, and the callback additionally forks the
 global torch RNG around each render (the learned colour basis reads the training data through a private loader,
@@ -60,6 +66,8 @@ from featvis.targets import Target, TargetSpec, image_size_of
 from featvis.timeline import Timeline
 
 _STATE_FORMAT = 1
+# A render's channel sheets: pictures by name, scalars, and the timing the time budget records.
+_Sheets = tuple[dict[str, Tensor], dict[str, float], tuple[float, float, dict[str, int]] | None]
 _NO_COLOUR = (
     "FeatureVisCallback: neither the datamodule nor the LightningModule has a `colour` transform, so the model is "
     "assumed to take RGB in [0, 1]; pass normalization_mean/normalization_std (or input_convention) if its "
@@ -70,13 +78,8 @@ _NO_COLOUR = (
 class FeatureVisCallback(Callback):
     """Render feature visualisations during training and log them to every logger.
 
-    Renders once before training and after every ``every_n_epochs``-th training epoch ``e`` (counted from 1), with
-    the same seed every time, so only the model changes between pictures. Images and scalars are logged at
-    ``trainer.global_step`` (0 before training, the global step at the end of epoch ``e`` after it), the x axis of
-    Lightning's own charts, with the scalar ``epoch`` (``e``) beside them; PNG folders are named ``epoch_<e>``.
-    The visualised module is the LightningModule itself: its ``forward`` maps model-space images to logits.
-
-    What it logs, and where its colours, image size and class names come from, is in the module docstring.
+    When it renders, what it logs, and where its colours, image size and class names come from: see the module
+    docstring.
 
     Args:
         every_n_epochs: render at the end of every n-th training epoch (epochs counted from 1).
@@ -89,9 +92,8 @@ class FeatureVisCallback(Callback):
         config: the render settings (steps, learning rate, images per target, ...); see ``RenderConfig``.
         sheets: hidden-unit channel sheets (``SheetConfig``: layers, channels or an automatic choice of ``k``,
             top dataset examples): logged as ``<prefix>/channels/<layer>`` beside the class render; None: off.
-        budget_seconds: seconds per epoch for all featvis work (renders, sheets, metrics); the steps are scaled,
-            then sheet layers skipped (last first), to stay inside it (``featvis.budget``), logged as
-            ``<prefix>/budget/*``; a budget too small for one class render fails before training. None: no limit.
+        budget_seconds: seconds per epoch for all featvis work: steps scaled, then sheet layers skipped, to fit
+            (``featvis.budget``; logged as ``<prefix>/budget/*``); too small for one render fails at once.
         normalization_mean: RGB mean of an ordinary ``(rgb - mean) / std`` input normalisation, 3 values in
             [0, 1] units; use with ``normalization_std`` for models that have no colour transform of their own.
         normalization_std: RGB standard deviation of that normalisation, 3 positive values.
@@ -140,17 +142,8 @@ class FeatureVisCallback(Callback):
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, 1)
         self.spec = TargetSpec(targets, layer, channels, neuron)
         self.targets, self.layer, self.channels, self.neuron = targets, layer, channels, neuron
-        if (normalization_mean is None) != (normalization_std is None):
-            raise ValueError("normalization_mean and normalization_std must be given together.")
-        if normalization_mean is not None and input_convention is not None:
-            raise ValueError("pass input_convention or normalization_mean/normalization_std, not both.")
-        if normalization_mean is not None and normalization_std is not None:
-            try:
-                input_convention = InputConvention(mean=normalization_mean, std=normalization_std)
-            except ValueError as err:
-                raise ValueError(f"normalization_mean/normalization_std: {err}") from err
-        self.convention = input_convention
-        self.space: InputSpace | None = input_convention.space() if input_convention is not None else None
+        self.convention = _convention(normalization_mean, normalization_std, input_convention)
+        self.space: InputSpace | None = self.convention.space() if self.convention is not None else None
         self.config = config if config is not None else RenderConfig()
         self.render_before_training = check_bool("render_before_training", render_before_training)
         self.learn_basis = check_bool("learn_basis", learn_basis)
@@ -196,19 +189,15 @@ class FeatureVisCallback(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("format") != _STATE_FORMAT:
-            self._warn(
-                "state",
-                f"FeatureVisCallback: ignoring checkpoint state of format {state_dict.get('format')}.",
-            )
-            return
+            found = state_dict.get("format")
+            return self._warn("state", f"FeatureVisCallback: ignoring checkpoint state of format {found}.")
         # The saved seed wins, so the resumed run draws the same noise and augmentations as before.
         self.config = self.config.replace(seed=int(state_dict["seed"]))
         self._timeline.load_state_dict(state_dict)
         self._basis.load_state_dict(state_dict)
         if self._sheets is not None:
             self._sheets.load_state_dict(state_dict)
-        if "budget" in state_dict:
-            self._budget.load_state_dict(state_dict["budget"])
+        self._budget.load_state_dict(state_dict.get("budget", self._budget.state_dict()))
         self._resumed = True
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -223,18 +212,17 @@ class FeatureVisCallback(Callback):
         self._scorer.setup()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._resumed and not self._skip(trainer):  # before any render: a killed run's last PNGs go
+        if self._skip(trainer):
+            return
+        if self._resumed:  # before any render: a killed run's last PNGs go
             self._resumed, log_dir = False, _log_dir(trainer)  # collective under DDP: every rank calls it
             if trainer.is_global_zero:
                 self._outputs.prune(log_dir, self._timeline.epochs)
-        if self._budget.active and not self._skip(trainer):  # a budget too small fails now, before training
-            if not self._budget.measured("classes"):  # a 2-step render; every rank joins (a DDP gather)
-                self._budget.calibrate(
-                    "classes", lambda steps: self.render(pl_module, trainer, steps)["seconds"]
-                )
-            self._budget.check(self.config.steps)
+        if self._budget.active and not self._budget.measured("classes"):  # a 2-step render; all ranks join
+            self._budget.calibrate("classes", lambda steps: self.render(pl_module, trainer, steps)["seconds"])
+        self._budget.check(self.config.steps)  # a budget too small fails now, before training (no-op without)
         epoch = trainer.current_epoch
-        if self._skip(trainer) or (epoch == 0 and not self.render_before_training):
+        if epoch == 0 and not self.render_before_training:
             return
         # Epoch 0: before training. Later: resumed at an epoch boundary whose render is missing.
         mid_epoch = trainer.fit_loop.epoch_loop.batch_progress.current.completed > 0
@@ -262,8 +250,7 @@ class FeatureVisCallback(Callback):
             loggers, step = trainer.loggers, trainer.global_step
             self._outputs.log_timeline(loggers, log_dir, step, self._timeline)
             if self._sheets is not None:  # each layer's channels over the epochs, and their specialisation
-                timelines, purity = self._sheets.timelines(), self._sheets.purity_history()
-                self._outputs.log_layer_histories(loggers, log_dir, step, timelines, purity)
+                self._outputs.log_layer_histories(loggers, log_dir, step, self._sheets)
 
     def _skip(self, trainer: pl.Trainer) -> bool:
         fast_dev_run = getattr(trainer, "fast_dev_run", False)  # set by Trainer.__init__, not declared
@@ -321,9 +308,8 @@ class FeatureVisCallback(Callback):
                 sheets, sheet_scalars, timing = self._render_sheets(trainer, pl_module, epoch, plan)
                 spent = time.perf_counter() - start
                 self._budget.record_epoch(plan, spent, result["seconds"], timing)
-                scalars |= sheet_scalars
-                if self._budget.active:
-                    scalars |= {f"{self.prefix}/{k}": v for k, v in self._budget.scalars(plan, spent).items()}
+                budget = self._budget.scalars(plan, spent) if self._budget.active else {}
+                scalars |= sheet_scalars | {f"{self.prefix}/{k}": v for k, v in budget.items()}
                 self._outputs.log_render(trainer.loggers, log_dir, epoch, step, rgb, tags, scalars, sheets)
 
     def _plan(self, trainer: pl.Trainer) -> BudgetPlan:
@@ -338,14 +324,12 @@ class FeatureVisCallback(Callback):
 
     def _render_sheets(
         self, trainer: pl.Trainer, pl_module: nn.Module, epoch: int, plan: BudgetPlan
-    ) -> tuple[dict[str, Tensor], dict[str, float], tuple[float, float, dict[str, int]] | None]:
+    ) -> _Sheets:
         """This epoch's channel sheets (rank 0 only): pictures by name, scalars, the timing for the budget."""
         if self._sheets is None or not plan.layers:
             return {}, {}, None
-        colour, config = (
-            self._colour(trainer, pl_module),
-            self.config.replace(image_size=self._size(trainer, pl_module)),
-        )
+        colour = self._colour(trainer, pl_module)
+        config = self.config.replace(image_size=self._size(trainer, pl_module))
         if self._sheets.probe is None:  # a fixed probe set: the datamodule's split("train"), else the loader
             data = getattr(trainer, "datamodule", None)
             source = data if callable(getattr(data, "split", None)) else trainer.train_dataloader
@@ -390,6 +374,22 @@ class FeatureVisCallback(Callback):
     def _size(self, trainer: pl.Trainer | None, pl_module: nn.Module) -> int | tuple[int, int]:
         declared = image_size_of(getattr(trainer, "datamodule", None), pl_module)
         return self.config.image_size or declared or 32
+
+
+def _convention(
+    mean: list[float] | None, std: list[float] | None, convention: InputConvention | None
+) -> InputConvention | None:
+    """The input convention the callback's arguments give: ``input_convention``, or its mean/std shortcut."""
+    if (mean is None) != (std is None):
+        raise ValueError("normalization_mean and normalization_std must be given together.")
+    if mean is not None and convention is not None:
+        raise ValueError("pass input_convention or normalization_mean/normalization_std, not both.")
+    if mean is None:
+        return convention
+    try:
+        return InputConvention(mean=mean, std=std)
+    except ValueError as err:
+        raise ValueError(f"normalization_mean/normalization_std: {err}") from err
 
 
 def _log_dir(trainer: pl.Trainer) -> Path:

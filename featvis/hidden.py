@@ -22,11 +22,10 @@ examples of the 16 channels that selectivity picks at the end are 98-99% one cla
 after the first epoch, but only 68-72% for those it picks on the untrained network, below random channels'
 75-78% (three probe sets).
 
-Warm start (``warm_start=True``): each render begins from the last one's image parameters (kept, and saved in
-checkpoints, so a resumed run warm-starts as the uninterrupted one would) and takes ``warm_steps`` steps (default
-half). It suits gradual change: on a tiny model whose channels' filters turn by 30 degrees, half the steps reach
-0.99 of a cold render's objective, after a reversal (180 degrees) only 0.43 (``tests/test_hidden.py``);
-``python -m benchmarks.hidden_units --mode warm`` measures it between two epochs of a real run.
+Warm start (on by default when the channels are kept: every rule but ``"change"``): each render begins from
+the last one's image parameters (kept, and saved in checkpoints, so a resumed run warm-starts as the uninterrupted
+one would) and takes ``warm_steps`` steps (default half), unless a channel's last image kept less than 0.3 of its
+activation on the current model (``stale``): then it renders cold. See :mod:`featvis.warm` for the measurements.
 
 History (``render(..., epoch=e)``): per layer, a :class:`~featvis.timeline.Timeline` of each channel's first image
 (:meth:`ChannelSheets.timelines`) and a :class:`~featvis.timeline.PurityHistory`, the purity of each channel's top
@@ -46,7 +45,7 @@ from torch.utils.data import DataLoader
 
 from featvis.colour import ColourTransform, InputSpace
 from featvis.engine import RenderConfig, render
-from featvis.engine.checks import check_bool, check_choice, check_int
+from featvis.engine.checks import check_bool, check_choice, check_int, check_number
 from featvis.probe import (
     RULES,
     ProbeSet,
@@ -59,6 +58,7 @@ from featvis.probe import (
 from featvis.sheets import channel_sheet
 from featvis.targets import AUTO_LAYER, Target, layer_width, resolve_layer_name, resolve_targets
 from featvis.timeline import LayerHistory, Timeline, UserWarnOnce
+from featvis.warm import WarmStart, unit_measure
 
 _PREFIX = "sheets_"  # state keys, so they can sit beside a callback's own in one state dict
 
@@ -81,7 +81,10 @@ class SheetConfig:
         neuron: show each channel's centre neuron (examples ranked by it) instead of its mean activation.
         warm_start: start each render from the last render's image parameters when it rendered the same
             channels at the same image size, images per channel and parameterisation (else cold, from noise).
+            None: on unless ``rule="change"`` chooses new channels every epoch.
         warm_steps: steps of a warm-started render; None takes half the render config's steps (at least 1).
+        stale: render cold instead when a channel's last image keeps less than this share of its activation on
+            the current model (the channel changed what it detects); see :mod:`featvis.warm`.
 
     Raises:
         ValueError: a setting out of range or of the wrong kind; the message names it.
@@ -95,8 +98,9 @@ class SheetConfig:
     rule: Rule = "selectivity"
     images_per_channel: int = 1
     neuron: bool = False
-    warm_start: bool = False
+    warm_start: bool | None = None
     warm_steps: int | None = None
+    stale: float = 0.3
 
     def __post_init__(self) -> None:
         layers = [self.layers] if isinstance(self.layers, str) else self.layers
@@ -125,7 +129,10 @@ class SheetConfig:
         check_choice("rule", self.rule, RULES)
         check_int("images_per_channel", self.images_per_channel, 1)
         check_bool("neuron", self.neuron)
+        if self.warm_start is None:  # on wherever the channels stay the same from epoch to epoch
+            object.__setattr__(self, "warm_start", self.rule != "change" or self.channels is not None)
         check_bool("warm_start", self.warm_start)
+        check_number("stale", self.stale, 0, 1)
         if self.warm_steps is not None:
             check_int("warm_steps", self.warm_steps, 1)
         if self.warm_start and self.rule == "change" and self.channels is None:
@@ -155,7 +162,7 @@ class ChannelSheets:
         self._saved_indices: Tensor | None = None  # probe indices from a checkpoint, used by setup()
         self._purity: dict[str, float] = {}
         # Warm start: the last render's (tags, [height, width, images per channel, parameterisation], parameters).
-        self._warm: tuple[list[str], list[Any], Tensor] | None = None
+        self._warm = WarmStart(self.config.stale)
         self._history = LayerHistory(self.warn)  # the renders recorded with an epoch
         # What setup() reads the probe set from: (source, colour, seed); read again after a late restore.
         self._source: tuple[Any, InputSpace | None, int] | None = None
@@ -305,16 +312,14 @@ class ChannelSheets:
         objectives = [target.objective for layer in layers for target in targets[layer]]
         tags = [target.tag for layer in layers for target in targets[layer]]
         signature = [*config.size, config.images_per_target, config.parameterisation]
-        fits = cfg.warm_start and self._warm is not None and self._warm[:2] == (tags, signature)
-        warm = (
-            self._warm[2] if fits and self._warm is not None else None
-        )  # all layers' channels, in batch order
+        measure = unit_measure(model, colour, layers, chosen, config.images_per_target, cfg.neuron)
+        warm = self._warm.start(tags, signature, measure) if cfg.warm_start else None
         if steps is None:
             steps = config.steps if warm is None else cfg.warm_steps or max(1, config.steps // 2)
         config = config.replace(steps=steps)
         result = render(model, objectives, config=config, colour=colour, basis=basis, start=warm)
         if cfg.warm_start and result.parameters is not None:
-            self._warm = (tags, signature, result.parameters)
+            self._warm.record(tags, signature, result.parameters, result.rgb.flatten(0, 1), measure)
         scale = scale if scale is not None else max(1, 128 // max(config.size))
         out, row = {}, 0
         for layer in layers:
@@ -363,7 +368,7 @@ class ChannelSheets:
     def next_steps(self, config: RenderConfig) -> int:
         """The steps the next :meth:`render` takes by default: ``warm_steps`` once it can warm-start, else the config's."""
         cfg = self.config
-        warm = cfg.warm_start and self._warm is not None
+        warm = cfg.warm_start and self._warm.parameters is not None
         return (cfg.warm_steps or max(1, config.steps // 2)) if warm else config.steps
 
     @staticmethod
@@ -416,9 +421,8 @@ class ChannelSheets:
             state[f"{_PREFIX}probe_indices"] = self.probe.indices.clone()
         if self._previous:
             state[f"{_PREFIX}previous"] = {k: v.clone() for k, v in self._previous.items()}
-        if self._warm is not None:
-            tags, signature, parameters = self._warm
-            state[f"{_PREFIX}warm"] = {"tags": tags, "signature": signature, "parameters": parameters.clone()}
+        if self._warm.parameters is not None:
+            state[f"{_PREFIX}warm"] = self._warm.state_dict()
         history = self._history.state_dict()
         return state | {f"{_PREFIX}{key}": value for key, value in history.items() if value}
 
@@ -430,16 +434,12 @@ class ChannelSheets:
         if f"{_PREFIX}probe_indices" in state:
             self._saved_indices = torch.as_tensor(state[f"{_PREFIX}probe_indices"], dtype=torch.int64)
             if self.probe is not None and not torch.equal(self.probe.indices, self._saved_indices):
-                self.probe = (
-                    None  # read before the restore from other indices: the next render reads them again
-                )
+                # Read before the restore from other indices: the next render reads them again.
+                self.probe = None
         saved = state.get(f"{_PREFIX}channels", {})
         self.channels = {str(k): [int(c) for c in v] for k, v in saved.items()}
         self._previous = {str(k): torch.as_tensor(v) for k, v in state.get(f"{_PREFIX}previous", {}).items()}
-        warm = state.get(f"{_PREFIX}warm")
-        self._warm = (
-            None if warm is None else (list(warm["tags"]), list(warm["signature"]), warm["parameters"])
-        )
+        self._warm.load_state_dict(state.get(f"{_PREFIX}warm", {}))
         self._history.load_state_dict({key: state.get(f"{_PREFIX}{key}", {}) for key in LayerHistory.KEYS})
 
 

@@ -82,6 +82,12 @@ def grid(images: Tensor, scale: int = 1, padding: int = 2, fill: float = 1.0) ->
     return out
 
 
+def label_font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """The font of every label featvis draws: Pillow's built-in one at 11 px (at its default 10 px the dot of
+    ``net.group3`` merges into the ``t`` before it)."""
+    return ImageFont.load_default(size=11)
+
+
 def labelled_grid(
     images: Tensor,
     row_labels: Sequence[str],
@@ -114,7 +120,7 @@ def labelled_grid(
         raise ValueError(
             f"expected {rows} row labels and {cols} column labels, got {len(row_labels)} and {len(column_labels)}."
         )
-    font = ImageFont.load_default()
+    font = label_font()
     measure = ImageDraw.Draw(Image.new("L", (1, 1)))
     # Label boxes (left, top, right, bottom) in whole pixels; one line box, so every label shares a baseline.
     boxes = {

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
@@ -26,6 +26,7 @@ from torch import Tensor
 from featvis import images as img
 from featvis.engine.checks import check_bool, check_int
 from featvis.folders import FolderError, remove_owned, remove_stale_siblings, write_folder
+from featvis.hidden import ChannelSheets
 from featvis.sheets import purity_curve
 from featvis.timeline import Timeline
 
@@ -203,12 +204,7 @@ class RenderOutputs:
         return path
 
     def log_layer_histories(
-        self,
-        loggers: Sequence[Logger],
-        log_dir: Path,
-        step: int,
-        timelines: Mapping[str, Timeline],
-        purity: Mapping[str, tuple[list[int], Tensor, list[str]]],
+        self, loggers: Sequence[Logger], log_dir: Path, step: int, sheets: ChannelSheets
     ) -> None:
         """Log each channel-sheet layer's timeline and specialisation curve, at the end of fit.
 
@@ -219,12 +215,12 @@ class RenderOutputs:
             loggers: the trainer's loggers.
             log_dir: the run's folder, for the PNG files.
             step: the step the pictures are logged at.
-            timelines: per layer, the timeline of its channels (:meth:`featvis.hidden.ChannelSheets.timelines`).
-            purity: per layer, ``(epochs, (E, U) purity, tags)`` (:meth:`featvis.hidden.ChannelSheets.purity_history`).
+            sheets: the run's channel sheets, with their histories (:meth:`ChannelSheets.timelines`,
+                :meth:`ChannelSheets.purity_history`).
         """
-        for layer, timeline in timelines.items():
+        for layer, timeline in sheets.timelines().items():
             self.log_timeline(loggers, log_dir, step, timeline, f"channels/{layer}/timeline", corner="epoch")
-        for layer, (epochs, values, tags) in purity.items():
+        for layer, (epochs, values, tags) in sheets.purity_history().items():
             curve = purity_curve(epochs, values, tags, title=f"{layer}: class purity of top examples")
             self.log_picture(loggers, log_dir, step, f"channels/{layer}/specialisation", curve, layer)
 

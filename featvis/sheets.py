@@ -19,11 +19,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from torch import Tensor
 
 from featvis.engine.checks import check_int
-from featvis.images import labelled_grid
+from featvis.images import label_font, labelled_grid
 
 #: Separator between a row's visualisations and its examples: fill, a grey line, fill (pixels).
 _GAP, _LINE, _LINE_GREY = 4, 2, 0.55
@@ -244,7 +244,7 @@ class _Pen:
 
     def __init__(self, image: Image.Image) -> None:
         self.draw = ImageDraw.Draw(image)
-        self.font = ImageFont.load_default()
+        self.font = label_font()
         _, self.line_top, _, line_bottom = self.box("Ag0")  # one line box, so labels share a baseline
         self.line_height = line_bottom - self.line_top
 

@@ -740,7 +740,8 @@ def test_channel_timeline_specialisation_and_warm_start_are_logged(tmp_path):
 
 
 def test_a_time_budget_scales_steps_and_skips_sheets_and_logs_what_it_did(tmp_path):
-    sheets = SheetConfig(layers=["net.conv", "net.act"], k=2, examples=2, probe_size=16)
+    # Cold sheets: both renders ask for 40 steps every epoch (a warm start would ask for half).
+    sheets = SheetConfig(layers=["net.conv", "net.act"], k=2, examples=2, probe_size=16, warm_start=False)
     config = FAST.replace(steps=40)
     callback = FeatureVisCallback(config=config, targets=[0], sheets=sheets, budget_seconds=30.0)
     # Costs as if measured: 0.5 s per class step, 1 s per sheet step and layer, 2 s of fixed work per epoch. The

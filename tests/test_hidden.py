@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 from collections import OrderedDict
@@ -174,7 +175,9 @@ def test_automatic_choice_stays_fixed_while_the_change_rule_follows_the_model() 
         model.net.conv.weight[first] *= 3
     assert fixed.render(model, model.colour, None, config, scale=1)["net.conv"]["channels"] == first
     assert moving.render(model, model.colour, None, config, scale=1)["net.conv"]["channels"][0] == 5
-    assert fixed.state_dict().keys() == {"sheets_channels", "sheets_probe_indices"}
+    # Warm start is on by default for kept channels, so the fixed choice keeps its last images too.
+    assert fixed.state_dict().keys() == {"sheets_channels", "sheets_probe_indices", "sheets_warm"}
+    assert "sheets_warm" not in moving.state_dict()
     assert moving.state_dict()["sheets_previous"]["net.conv"].shape == (30, 6)
 
 
@@ -304,7 +307,7 @@ def test_warm_start_continues_from_the_last_render_and_a_restored_copy_renders_t
 
 def test_without_warm_start_every_render_is_cold_and_nothing_is_kept() -> None:
     model = _model()
-    sheets = ChannelSheets(SheetConfig(layers=["net.conv"], channels=[1, 4], examples=3))
+    sheets = ChannelSheets(SheetConfig(layers=["net.conv"], channels=[1, 4], examples=3, warm_start=False))
     sheets.setup(model, _probe(model), model.colour, seed=0, size=8)
     infos = [
         sheets.render(model, model.colour, None, FAST.replace(steps=2), scale=1)["net.conv"] for _ in "ab"
@@ -333,7 +336,8 @@ def truth_run() -> dict:
     """The tiny model's six channels rendered cold (one image each), with the state that warm-starts from it."""
     model = _model()
     probe = _probe(model)
-    config = SheetConfig(layers=["net.act"], channels=list(range(6)), examples=3, warm_start=True)
+    # stale=0: always warm-start, to measure what a warm start alone does (the guard is tested below).
+    config = SheetConfig(layers=["net.act"], channels=list(range(6)), examples=3, warm_start=True, stale=0.0)
     render_config = FAST.replace(steps=TRUTH_STEPS, lr=TRUTH_LR)
     sheets = ChannelSheets(config)
     sheets.setup(model, probe, model.colour, seed=0, size=8)
@@ -341,7 +345,7 @@ def truth_run() -> dict:
     return {"config": config, "render": render_config, "old": old, "state": sheets.state_dict()}
 
 
-def _turned(truth_run: dict, degrees: float) -> dict[str, torch.Tensor]:
+def _turned(truth_run: dict, degrees: float, stale: float = 0.0) -> dict[str, torch.Tensor]:
     """Turn every channel's filter by ``degrees``; the old image's, warm and cold objectives on the changed model."""
     model = _model()
     weight, bias = model.net.conv.weight.detach().clone(), model.net.conv.bias.detach().clone()
@@ -354,11 +358,11 @@ def _turned(truth_run: dict, degrees: float) -> dict[str, torch.Tensor]:
             model.net.conv.weight[c] = math.cos(angle) * w + math.sin(angle) * away * (w.norm() / away.norm())
             model.net.conv.bias[c] = math.cos(angle) * bias[c]
     probe = _probe(model)
-    warm = ChannelSheets(truth_run["config"])
+    warm = ChannelSheets(dataclasses.replace(truth_run["config"], stale=stale))
     warm.load_state_dict(truth_run["state"])
     warm.setup(model, probe, model.colour, seed=0, size=8)
     warm_info = warm.render(model, model.colour, None, truth_run["render"], scale=1)["net.act"]
-    assert warm_info["warm"] and warm_info["steps"] == TRUTH_STEPS // 2
+    assert warm_info["steps"] == (TRUTH_STEPS // 2 if warm_info["warm"] else TRUTH_STEPS)
     cold = ChannelSheets(truth_run["config"])
     cold.setup(model, probe, model.colour, seed=0, size=8)
     cold_info = cold.render(model, model.colour, None, truth_run["render"], scale=1)["net.act"]
@@ -366,7 +370,14 @@ def _turned(truth_run: dict, degrees: float) -> dict[str, torch.Tensor]:
     old_rgb = truth_run["old"]["rgb"][:, 0]
     # The old images measured on the changed model by a hook-free forward pass of their own.
     old_on_new = unit_activations(model, "net.act", model.colour.to_model(old_rgb)).diagonal()
-    return {"old": old_on_new, "warm": warm_info["values"][:, 0], "cold": cold_info["values"][:, 0]}
+    return {
+        "old": old_on_new,
+        "warm": warm_info["values"][:, 0],
+        "cold": cold_info["values"][:, 0],
+        "warm_started": torch.tensor(warm_info["warm"]),
+        "warm_rgb": warm_info["rgb"],
+        "cold_rgb": cold_info["rgb"],
+    }
 
 
 def test_a_warm_start_follows_a_drifting_channel_in_half_the_steps(truth_run) -> None:
@@ -437,3 +448,21 @@ def test_render_with_an_epoch_records_each_layers_timeline_and_purity_history() 
     assert restored.timelines()["net.act"].columns()[2].shape == (2, 3, 3, 8, 8)
     with pytest.raises(ValueError, match="epoch must be an integer >= 0, got -1"):
         restored.render(model, model.colour, None, render_config, epoch=-1)
+
+
+def test_the_stale_guard_renders_cold_after_a_reversal_and_warm_after_a_drift(truth_run) -> None:
+    # The default stale (0.3): a reversed channel's last image lost most of its activation (it keeps 0.06), so
+    # the render starts cold, giving the cold render's images; a 30-degree drift (0.84 kept) warm-starts.
+    reversed_ = _turned(truth_run, 180, stale=SheetConfig().stale)
+    assert not bool(reversed_["warm_started"])
+    assert torch.equal(reversed_["warm_rgb"], reversed_["cold_rgb"])
+    drifted = _turned(truth_run, 30, stale=SheetConfig().stale)
+    assert bool(drifted["warm_started"]) and not torch.equal(drifted["warm_rgb"], drifted["cold_rgb"])
+
+
+def test_warm_start_is_on_by_default_unless_the_rule_changes_the_channels() -> None:
+    assert SheetConfig().warm_start is True
+    assert SheetConfig(rule="change").warm_start is False
+    assert SheetConfig(rule="change", channels=[1]).warm_start is True
+    with pytest.raises(ValueError, match="stale must be"):
+        SheetConfig(stale=1.5)
