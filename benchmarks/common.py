@@ -28,6 +28,7 @@ from benchmarks.reference_models import cifar_folder, load_reference
 from featvis.cifar import read_class_names, read_split
 from featvis.cli.fit import main as featvis_main
 from featvis.engine import RenderConfig, resolve_autocast
+from featvis.hidden import SheetConfig
 from featvis.quality import RGBInput, score_render
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +82,8 @@ def callback_args(config: dict, path: str | Path = CONFIG) -> dict:
 
     ``featvis fit`` configures its callback in the top-level ``featvis:`` section (a config written for a plain
     LightningCLI may list it under ``trainer.callbacks`` with ``init_args`` instead); its ``config`` block lists
-    the render settings that differ from :class:`RenderConfig`'s defaults, and a missing block means all defaults.
+    the render settings that differ from :class:`RenderConfig`'s defaults, and a missing block means all defaults;
+    a ``sheets`` block becomes a :class:`SheetConfig`.
 
     Args:
         config: a config loaded by :func:`load_config`.
@@ -99,6 +101,8 @@ def callback_args(config: dict, path: str | Path = CONFIG) -> dict:
             f"{path} has no featvis section and no FeatureVisCallback entry under trainer.callbacks."
         )
     args["config"] = RenderConfig(**(args.get("config") or {}))
+    if isinstance(args.get("sheets"), dict):  # a `sheets:` block: the channel sheets' settings
+        args["sheets"] = SheetConfig(**args["sheets"])
     return args
 
 

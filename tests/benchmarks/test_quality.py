@@ -24,6 +24,7 @@ from benchmarks.reference_models import (
 )
 from featvis.cifar import read_class_names, read_split
 from featvis.engine import RenderConfig
+from featvis.hidden import SheetConfig
 from featvis.images import write_image_folder
 from featvis.quality import penultimate_features
 
@@ -272,6 +273,8 @@ def test_callback_args_reads_the_config_block_and_tolerates_its_absence(tmp_path
     assert args["config"] == RenderConfig(steps=7, autocast="none")
     assert common.callback_args({"featvis": {"config": {"steps": 5}}}) == {"config": RenderConfig(steps=5)}
     assert common.callback_args({"featvis": None}) == {"config": RenderConfig()}
+    sheets = common.callback_args({"featvis": {"sheets": {"layers": "auto", "k": 4}}})["sheets"]
+    assert sheets == SheetConfig(layers="auto", k=4) and sheets.layers == ("auto",)
     with pytest.raises(ValueError, match="no featvis section and no FeatureVisCallback"):
         common.callback_args({"trainer": {"callbacks": [{"class_path": "x.Other"}]}})
     with pytest.raises(ValueError, match="steps"):
