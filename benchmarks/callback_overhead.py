@@ -28,6 +28,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from benchmarks.common import CONFIG, callback_args, load_config, make_parser, run_script
 from featvis.callback import FeatureVisCallback
 from featvis.data import CIFARDataModule
+from featvis.engine import resolve_autocast
 from featvis.model import ClassifierModule
 
 
@@ -54,9 +55,9 @@ class RenderTimer(FeatureVisCallback):
         self.render_times: list[tuple[int, float]] = []  # (epoch, seconds); epoch 0 is before training
         self._rendered = False
 
-    def render(self, pl_module, trainer=None):
+    def render(self, pl_module, trainer=None, steps=None):
         self._rendered = True
-        return super().render(pl_module, trainer)
+        return super().render(pl_module, trainer, steps)
 
     def _timed(self, hook, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> None:
         self._rendered = False
@@ -73,6 +74,19 @@ class RenderTimer(FeatureVisCallback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._timed(super().on_train_epoch_end, trainer, pl_module, trainer.current_epoch + 1)
+
+
+def _precision(asked: str, accelerator: str) -> str:
+    """The config's precision, but float32 on a CPU without native bf16 (emulated, many times slower), as
+    ``featvis fit`` does."""
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if (
+        "bf16" in str(asked)
+        and on_cpu
+        and resolve_autocast("auto", torch.device("cpu"), torch.float32) is None
+    ):
+        return "32-true"
+    return asked
 
 
 def run(args: argparse.Namespace, config: dict, callback: dict | None, root: Path) -> dict:
@@ -93,7 +107,7 @@ def run(args: argparse.Namespace, config: dict, callback: dict | None, root: Pat
         max_epochs=args.epochs,
         accelerator=args.accelerator,
         devices=1,
-        precision=config["trainer"].get("precision", "32-true"),
+        precision=_precision(config["trainer"].get("precision", "32-true"), args.accelerator),
         limit_train_batches=args.limit_train_batches,
         limit_val_batches=0,
         num_sanity_val_steps=0,
