@@ -191,7 +191,7 @@ class TimeBudget:
         plan: BudgetPlan,
         spent: float,
         classes: float,
-        sheets: tuple[float, float, Mapping[str, int]] | None = None,
+        sheets: tuple[float, float, Mapping[str, int], int] | None = None,
     ) -> None:
         """Record one epoch's featvis work as a training callback measures it.
 
@@ -200,14 +200,15 @@ class TimeBudget:
             spent: wall time of all featvis work of the epoch.
             classes: seconds of the class render (``plan.steps`` steps).
             sheets: for an epoch that rendered channel sheets: the seconds of the whole sheet call, those of its
-                batched render (``plan.sheet_steps`` steps; the rest is the probe pass) and the images rendered
-                per layer; None without sheets.
+                batched render (the rest is the probe pass and the warm-start check), the images rendered per
+                layer and the steps the render took (a stale warm start renders cold, at more steps than
+                planned); None without sheets.
         """
         self.observe("classes", classes, plan.steps)
         accounted = classes
         if sheets is not None:
-            total, rendered, images = sheets
-            self.observe_split(rendered, plan.sheet_steps, images)
+            total, rendered, images, steps = sheets
+            self.observe_split(rendered, steps, images)
             self.observe("sheets", max(0.0, total - rendered), 0)
             accounted += total
         # The rest (metrics, writing, gathers) is the fixed cost of every epoch.

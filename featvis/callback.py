@@ -67,7 +67,7 @@ from featvis.timeline import Timeline
 
 _STATE_FORMAT = 1
 # A render's channel sheets: pictures by name, scalars, and the timing the time budget records.
-_Sheets = tuple[dict[str, Tensor], dict[str, float], tuple[float, float, dict[str, int]] | None]
+_Sheets = tuple[dict[str, Tensor], dict[str, float], tuple[float, float, dict[str, int], int] | None]
 _NO_COLOUR = (
     "FeatureVisCallback: neither the datamodule nor the LightningModule has a `colour` transform, so the model is "
     "assumed to take RGB in [0, 1]; pass normalization_mean/normalization_std (or input_convention) if its "
@@ -322,22 +322,22 @@ class FeatureVisCallback(Callback):
             self._warn(f"budget:{plan}", f"FeatureVisCallback: {describe(plan)}", info=True)
         return plan
 
-    def _render_sheets(
-        self, trainer: pl.Trainer, pl_module: nn.Module, epoch: int, plan: BudgetPlan
-    ) -> _Sheets:
+    def _render_sheets(self, trainer: pl.Trainer, module: nn.Module, epoch: int, plan: BudgetPlan) -> _Sheets:
         """This epoch's channel sheets (rank 0 only): pictures by name, scalars, the timing for the budget."""
         if self._sheets is None or not plan.layers:
             return {}, {}, None
-        colour = self._colour(trainer, pl_module)
-        config = self.config.replace(image_size=self._size(trainer, pl_module))
+        colour = self._colour(trainer, module)
+        config = self.config.replace(image_size=self._size(trainer, module))
         if self._sheets.probe is None:  # a fixed probe set: the datamodule's split("train"), else the loader
             data = getattr(trainer, "datamodule", None)
             source = data if callable(getattr(data, "split", None)) else trainer.train_dataloader
-            self._sheets.setup(pl_module, source, colour, self.config.seed, config.size)
-        basis, steps = self._basis.transform if self.learn_basis else None, plan.sheet_steps
-        # Automatic channel choices are kept once the model has trained (see featvis.hidden), not at step 0.
+            self._sheets.setup(module, source, colour, self.config.seed, config.size)
+        basis = self._basis.transform if self.learn_basis else None
+        # Steps: the budget's if it scaled them, else the sheets' own (warm, or cold when stale). Automatic
+        # channel choices are kept once the model has trained (see featvis.hidden), not at step 0.
+        steps, keep = plan.sheet_steps if plan.scale < 1 else None, epoch > 0
         out = self._sheets.render(
-            pl_module, colour, basis, config, keep=epoch > 0, epoch=epoch, steps=steps, layers=plan.layers
+            module, colour, basis, config, keep=keep, epoch=epoch, steps=steps, layers=plan.layers
         )
         for info in out.values():
             self._warn(f"sheet:{info['tags']}", f"FeatureVisCallback: sheet of {info['tags']}", info=True)

@@ -315,7 +315,7 @@ class ChannelSheets:
         measure = unit_measure(model, colour, layers, chosen, config.images_per_target, cfg.neuron)
         warm = self._warm.start(tags, signature, measure) if cfg.warm_start else None
         if steps is None:
-            steps = config.steps if warm is None else cfg.warm_steps or max(1, config.steps // 2)
+            steps = self.next_steps(config, warm is not None)
         config = config.replace(steps=steps)
         result = render(model, objectives, config=config, colour=colour, basis=basis, start=warm)
         if cfg.warm_start and result.parameters is not None:
@@ -365,22 +365,20 @@ class ChannelSheets:
             return self.channels[layer]  # chosen once per run, so the timeline follows the same channels
         return choose_channels(acts, cfg.k, cfg.rule, self._previous.get(layer), examples=cfg.examples)
 
-    def next_steps(self, config: RenderConfig) -> int:
-        """The steps the next :meth:`render` takes by default: ``warm_steps`` once it can warm-start, else the config's."""
-        cfg = self.config
-        warm = cfg.warm_start and self._warm.parameters is not None
-        return (cfg.warm_steps or max(1, config.steps // 2)) if warm else config.steps
+    def next_steps(self, config: RenderConfig, warm: bool | None = None) -> int:
+        """The steps :meth:`render` takes by default: ``warm_steps`` when it warm-starts (None: if it can)."""
+        warm = self.config.warm_start and self._warm.parameters is not None if warm is None else warm
+        return (self.config.warm_steps or max(1, config.steps // 2)) if warm else config.steps
 
     @staticmethod
     def summary(
         out: Mapping[str, Mapping[str, Any]],
-    ) -> tuple[dict[str, Tensor], dict[str, float], tuple[float, float, dict[str, int]] | None]:
+    ) -> tuple[dict[str, Tensor], dict[str, float], tuple[float, float, dict[str, int], int] | None]:
         """What a training callback logs of one :meth:`render`: pictures, scalars and the timing.
 
         Returns:
-            ``{"channels/<layer>": sheet}``; scalars ``channels/<layer>/purity``, ``channels/render_seconds``
-            and ``channels/warm`` (1 for a warm-started render); and ``(seconds of the call, seconds of its
-            render, images per layer)`` for :meth:`featvis.budget.TimeBudget.record_epoch` (None if empty).
+            ``{"channels/<layer>": sheet}``; scalars ``channels/<layer>/purity``, ``channels/render_seconds``,
+            ``channels/warm`` (1: warm-started); the timing for :meth:`featvis.budget.TimeBudget.record_epoch`.
         """
         if not out:
             return {}, {}, None
@@ -389,7 +387,8 @@ class ChannelSheets:
         scalars |= {"channels/render_seconds": float(first["seconds"]), "channels/warm": float(first["warm"])}
         images = {layer: int(info["rgb"].shape[0] * info["rgb"].shape[1]) for layer, info in out.items()}
         pictures = {f"channels/{layer}": info["sheet"] for layer, info in out.items()}
-        return pictures, scalars, (float(first["seconds"]), float(first["render_seconds"]), images)
+        timing = (float(first["seconds"]), float(first["render_seconds"]), images, int(first["steps"]))
+        return pictures, scalars, timing
 
     def timelines(self) -> dict[str, Timeline]:
         """Per layer, the timeline of the renders recorded with ``epoch``: each channel's first image per epoch."""

@@ -54,11 +54,7 @@ class Timeline:
             message = "the timeline's targets or image size changed since the last rendered epoch"
             self.warn("timeline_changed", f"featvis: {message}; the timeline restarts at epoch {epoch}.")
             self.epochs, self.thumbs = [], []
-        if epoch in self.epochs:
-            self.thumbs[self.epochs.index(epoch)] = thumbs
-        else:
-            self.epochs.append(epoch)
-            self.thumbs.append(thumbs)
+        _put(self.epochs, self.thumbs, epoch, thumbs)  # a repeated epoch (a resumed render) replaces
         self.tags = list(tags)
 
     def columns(self) -> tuple[list[int], list[str], Tensor]:
@@ -122,11 +118,7 @@ class PurityHistory:
                 f"epoch {epoch}.",
             )
             self.epochs, self.values = [], []
-        if epoch in self.epochs:
-            self.values[self.epochs.index(epoch)] = purity
-        else:
-            self.epochs.append(epoch)
-            self.values.append(purity)
+        _put(self.epochs, self.values, epoch, purity)
         self.tags = list(tags)
 
     def columns(self) -> tuple[list[int], Tensor, list[str]]:
@@ -193,6 +185,15 @@ class LayerHistory:
         for layer, saved in state.get("purity_history", {}).items():
             self.purity[layer] = PurityHistory(self._warn(layer))
             self.purity[layer].load_state_dict(saved)
+
+
+def _put(epochs: list[int], values: list[Tensor], epoch: int, value: Tensor) -> None:
+    """Record ``value`` for ``epoch``: replace the epoch's entry if it has one, else append."""
+    if epoch in epochs:
+        values[epochs.index(epoch)] = value
+    else:
+        epochs.append(epoch)
+        values.append(value)
 
 
 class UserWarnOnce:
