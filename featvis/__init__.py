@@ -4,6 +4,7 @@ from featvis.callback import FeatureVisCallback
 from featvis.colour import ColourTransform, InputConvention
 from featvis.data import CIFARDataModule
 from featvis.engine import RenderConfig
+from featvis.hidden import SheetConfig
 from featvis.model import ClassifierModule
 
 __all__ = [
@@ -13,5 +14,6 @@ __all__ = [
     "FeatureVisCallback",
     "InputConvention",
     "RenderConfig",
+    "SheetConfig",
 ]
 __version__ = "0.1.0"

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import read_events
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from featvis import CIFARDataModule, FeatureVisCallback, RenderConfig
@@ -82,6 +83,13 @@ def test_fit_validate_test_on_synthetic_data(cifar_dir: Path, tmp_path: Path) ->
     assert {"train/loss", "train/acc", "val/loss", "val/acc_1view"} <= set(scalars)
     assert len(scalars["val/acc_1view"]) == 1 and 0.0 <= scalars["val/acc_1view"][0] <= 1.0
     assert 0.0 <= scalars["train/acc"][0] <= 1.0
+    # The default config's channel sheet: the last spatial block of SpeedNet, chosen by layer "auto", logged
+    # beside the class render (before training and after the epoch), with the purity of its channels' top
+    # examples.
+    events = read_events(version_dir)
+    assert [s for s, *_ in events["images"]["featvis/channels/net.group3"]] == [0, len(scalars["train/loss"])]
+    assert 0.0 <= scalars["featvis/channels/net.group3/purity"][0] <= 1.0
+    assert (version_dir / "featvis" / "epoch_001" / "channels" / "net.group3.png").is_file()
     assert len(scalars["train/loss"]) == 100 // 16 and all(v > 0 for v in scalars["train/loss"])
     fit_val_acc = float(cli.trainer.callback_metrics["val/acc_1view"])
     assert fit_val_acc == pytest.approx(scalars["val/acc_1view"][0], abs=1e-6)
@@ -255,6 +263,8 @@ def _tiny(data_dir: Path, log_dir: Path) -> list[str]:
         "2",
         "--featvis.config.images_per_target",
         "1",
+        "--featvis.sheets.k",
+        "4",  # the default config's channel sheet, of the 8 channels this net's last block has
     ]
 
 
@@ -270,7 +280,13 @@ def test_no_logger_writes_pngs_only(cifar_dir: Path, tmp_path: Path) -> None:
     # The default config's LearningRateMonitor (which needs a logger) was dropped, the callback kept.
     assert [type(c).__name__ for c in cli.trainer.callbacks if "Monitor" in type(c).__name__] == []
     assert _epochs(root) == ["epoch_000", "epoch_001"]
-    assert len(list((root / "featvis" / "epoch_001").rglob("*.png"))) == 10
+    pngs = sorted(
+        str(p.relative_to(root / "featvis" / "epoch_001"))
+        for p in (root / "featvis" / "epoch_001").rglob("*.png")
+    )
+    # One image per class, and the default config's channel sheet.
+    assert [p for p in pngs if not p.startswith("channels/")] == sorted(f"{c}/0.png" for c in CLASS_NAMES)
+    assert [p for p in pngs if p.startswith("channels/")] == ["channels/net.group3.png"]
     assert (root / "featvis" / "timeline.png").is_file()
     assert not (tmp_path / "logs").exists() and not list(root.rglob("events.out.tfevents.*"))
 
@@ -406,9 +422,11 @@ def test_overlay_configs_change_only_what_they_name(
     assert [c["class_path"] for c in merged["trainer"]["callbacks"]] == [
         c["class_path"] for c in default["trainer"]["callbacks"]
     ]
-    # The callback keeps its defaults (config None = RenderConfig()).
-    assert default["featvis"] == {} and "featvis" not in layer
+    # The callback keeps the default config's settings: its own defaults (config None = RenderConfig()) plus
+    # channel sheets at SheetConfig's defaults.
+    assert default["featvis"] == {"sheets": {}} and "featvis" not in layer
     assert merged["featvis"]["config"] is None and merged["featvis"]["every_n_epochs"] == 1
+    assert merged["featvis"]["sheets"]["layers"] == "auto" and merged["featvis"]["sheets"]["k"] == 16
     for section in ("model", "data"):
         for key, value in default[section].items():
             if key not in layer.get(section, {}):
