@@ -9,6 +9,11 @@ reference classifiers (``python -m benchmarks.quality train``) and the same real
     4. + decorrelated      colours optimised in the data's decorrelated basis (= featvis's defaults)
     5. + diversity         Gram-matrix diversity term on a hidden layer
 
+and, beside row 4, the alternatives to featvis's defaults (``ALTERNATIVES``), each changing one setting of it:
+
+    phase-only spectra     each image keeps the amplitude spectrum of a real training image and only its phase
+                           is optimised (``parameterisation="phase"``, as MACO does) instead of the 1/f prior
+
 Every row uses the same seed, steps and learning rate; only the named ingredient changes. Images are rounded to
 8 bits first, exactly as ``featvis render`` writes them, and scored by ``featvis.quality.score_render``. Heavy: on
 a shared CPU, run it from the repository root under the CPU lock::
@@ -16,7 +21,9 @@ a shared CPU, run it from the repository root under the CPU lock::
     flock /tmp/featvis-cpu.lock python -m benchmarks.ablation --ckpt last.ckpt --refs runs/ref/*.pt \\
         --data-dir ../shared/cifar10
 
-It prints a Markdown table (transfer accuracy, spectral gap, plausibility, render seconds); ``--json`` writes it.
+It prints a Markdown table (transfer accuracy, spectral gap, plausibility, colour distance to real test images,
+within-class diversity in the visualised model's features, robustness, render seconds); ``--json`` writes it.
+Without ``--refs`` transfer and plausibility are not measured (nan); the other columns are.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ import torch
 from torch import Tensor
 
 from benchmarks import common
+from benchmarks.reference_models import cifar_folder
+from featvis.cifar import read_split
 from featvis.engine import RenderConfig, render
 from featvis.model import load_classifier
 from featvis.quality import reference_spectrum
@@ -44,10 +53,21 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
+# (row label, the one setting of featvis's defaults (row 4) that the row changes).
+ALTERNATIVES: list[tuple[str, dict[str, Any]]] = [
+    ("defaults, phase-only spectra of training images", {"parameterisation": "phase"}),
+]
+#: Training images whose amplitude spectra the phase-only rows keep (drawn with the ablation's seed).
+SPECTRA_IMAGES = 2000
+
+
 def variants(diversity_layer: str, diversity_weight: float) -> list[tuple[str, dict[str, Any]]]:
-    """The cumulative settings of the ablation, ending with the diversity term on ``diversity_layer``."""
-    last = dict(VARIANTS[-1][1], diversity_layer=diversity_layer, diversity_weight=diversity_weight)
-    return [*VARIANTS, ("+ diversity", last)]
+    """The cumulative settings of the ablation, ending with the diversity term on ``diversity_layer``, then the
+    alternatives to the defaults."""
+    defaults = VARIANTS[-1][1]
+    last = dict(defaults, diversity_layer=diversity_layer, diversity_weight=diversity_weight)
+    alternatives = [(name, dict(defaults, **change)) for name, change in ALTERNATIVES]
+    return [*VARIANTS, ("+ diversity", last), *alternatives]
 
 
 def quantise(rgb: Tensor) -> Tensor:
@@ -65,6 +85,7 @@ def run_ablation(
     config: RenderConfig | None = None,
     k: int = 10,
     log=print,
+    spectra: Tensor | None = None,
 ) -> list[dict[str, Any]]:
     """Render and score every variant.
 
@@ -79,6 +100,7 @@ def run_ablation(
             replaces its own ingredients in it.
         k: nearest real neighbours of the plausibility.
         log: receives one line per finished row; None is silent.
+        spectra: training images (RGB in [0, 1]) whose amplitude spectra the phase-only rows keep.
 
     Returns:
         One dict per row: ``name``, ``settings``, ``seconds``, ``transfer``, ``transfer_per_model``,
@@ -91,7 +113,7 @@ def run_ablation(
     cache: dict[str, Tensor] = {}
     rows = []
     for name, settings in variants(diversity_layer, diversity_weight):
-        result = render(model, config=config.replace(**settings))
+        result = render(model, config=config.replace(**settings), spectra=spectra)
         classes = [target.index for target in result.targets]
         scores = common.quality_scores(
             quantise(result.rgb),
@@ -111,13 +133,16 @@ def run_ablation(
             "transfer_per_model": {key: v for key, v in scores["transfer"].items() if key != "mean"},
             "spectral_gap": scores["spectral_gap"],
             "plausibility": scores["plausibility"]["mean"],
+            "colour_distance": scores["colour_distance"],
+            "diversity": scores["diversity"],
             "robustness": scores["robustness"],
             "mean_value": float(result.values.mean()),
         }
         rows.append(row)
         if log is not None:
             log(
-                f"{name}: transfer {row['transfer']:.3f}, gap {row['spectral_gap']:.3f}, {row['seconds']:.1f} s"
+                f"{name}: transfer {row['transfer']:.3f}, gap {row['spectral_gap']:.3f}, colour distance "
+                f"{row['colour_distance']:.3f}, {row['seconds']:.1f} s"
             )
     return rows
 
@@ -125,13 +150,15 @@ def run_ablation(
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The rows as a Markdown table."""
     lines = [
-        "| setting | transfer accuracy | spectral gap | plausibility | robustness | render time |",
-        "| - | -: | -: | -: | -: | -: |",
+        "| setting | transfer accuracy | spectral gap | plausibility | colour distance | diversity | robustness "
+        "| render time |",
+        "| - | -: | -: | -: | -: | -: | -: | -: |",
     ]
     for row in rows:
         lines.append(
             f"| {row['name']} | {row['transfer']:.3f} | {row['spectral_gap']:.3f} | {row['plausibility']:.2f} "
-            f"| {row['robustness']:.2f} | {row['seconds']:.1f} s |"
+            f"| {row['colour_distance']:.3f} | {row['diversity']:.2f} | {row['robustness']:.2f} "
+            f"| {row['seconds']:.1f} s |"
         )
     return "\n".join(lines)
 
@@ -146,9 +173,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--ckpt", required=True, help="featvis ClassifierModule checkpoint to visualise")
     parser.add_argument(
         "--refs",
-        nargs="+",
-        required=True,
-        help="reference model .pt files (python -m benchmarks.quality train)",
+        nargs="*",
+        default=[],
+        help="reference model .pt files (python -m benchmarks.quality train); none: no transfer, plausibility",
     )
     parser.add_argument("--data-dir", default="data", help="folder containing cifar-10-batches-py")
     parser.add_argument("--diversity-layer", default="net.group2", help="layer of the diversity term (row 5)")
@@ -162,7 +189,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     model = load_classifier(args.ckpt)
     real_images, real_labels, _ = common.real_test_set(args.data_dir)
-    references = common.load_references(args.refs)
+    references = common.load_references(args.refs) if args.refs else []
+    train_images, _ = read_split(cifar_folder(args.data_dir), train=True)
+    pick = torch.randperm(train_images.shape[0], generator=torch.Generator().manual_seed(args.seed))
+    spectra = train_images[pick[:SPECTRA_IMAGES]].float().div_(255)
     start = time.perf_counter()
     rows = run_ablation(
         model,
@@ -173,9 +203,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         args.diversity_weight,
         RenderConfig(steps=args.steps, images_per_target=args.images_per_target, seed=args.seed),
         args.k,
+        spectra=spectra,
     )
     print()
-    names = ", ".join(name for name, _, _ in references)
+    names = ", ".join(name for name, _, _ in references) or "none"
     classes = len(model.class_names)
     print(
         f"model: {args.ckpt} ({classes} classes x {args.images_per_target} images, {args.steps} steps, "

@@ -158,7 +158,8 @@ def quality_scores(
 
     Returns:
         ``{"images", "transfer": {name: acc, ..., "mean"}, "plausibility": {name: value, ..., "mean"},
-        "spectral_gap", "reference_test_accuracy": {name: acc}}``, plus ``"robustness"`` and ``"diversity"``
+        "spectral_gap", "colour_distance", "reference_test_accuracy": {name: acc}}`` (means NaN without
+        references), plus ``"robustness"`` and ``"diversity"``
         with a classifier.
     """
     report = score_render(
@@ -178,10 +179,12 @@ def quality_scores(
         "transfer": {name: scores[f"transfer_accuracy/{name}"] for name in names},
         "plausibility": {name: scores[f"plausibility/{name}"] for name in names},
         "spectral_gap": scores["spectral_gap"],
+        "colour_distance": scores["colour_distance"],
         "reference_test_accuracy": {name: float(info["test_accuracy"]) for name, _, info in references},
     }
-    result["transfer"]["mean"] = scores["transfer_accuracy"]
-    result["plausibility"]["mean"] = scores["plausibility"]
+    # Without references (an ablation of what needs none) transfer and plausibility are not measured.
+    result["transfer"]["mean"] = scores.get("transfer_accuracy", float("nan"))
+    result["plausibility"]["mean"] = scores.get("plausibility", float("nan"))
     if classifier is not None:
         result["robustness"] = scores["robustness"]
         result["diversity"] = scores.get("diversity", float("nan"))

@@ -144,7 +144,7 @@ class FeatureVisCallback(Callback):
         self.targets, self.layer, self.channels, self.neuron = targets, layer, channels, neuron
         self.convention = _convention(normalization_mean, normalization_std, input_convention)
         self.space: InputSpace | None = self.convention.space() if self.convention is not None else None
-        self.config = config if config is not None else RenderConfig()
+        self.config = _callback_config(config)
         self.render_before_training = check_bool("render_before_training", render_before_training)
         self.learn_basis = check_bool("learn_basis", learn_basis)
         self.prefix = prefix
@@ -390,6 +390,17 @@ def _convention(
         return InputConvention(mean=mean, std=std)
     except ValueError as err:
         raise ValueError(f"normalization_mean/normalization_std: {err}") from err
+
+
+def _callback_config(config: RenderConfig | None) -> RenderConfig:
+    """The callback's render settings; ``"phase"`` needs real images' spectra, which only ``render`` takes so far."""
+    config = config if config is not None else RenderConfig()
+    if config.parameterisation == "phase":
+        raise ValueError(
+            "FeatureVisCallback does not render with parameterisation='phase' yet (it needs the training images' "
+            "spectra); use 'fourier' (the default) or 'pixel', or featvis.engine.render(..., spectra=images)."
+        )
+    return config
 
 
 def _log_dir(trainer: pl.Trainer) -> Path:

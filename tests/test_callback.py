@@ -62,6 +62,7 @@ BATCHES = -(-TinyClassifier().samples // 16)
         ({"display_scale": 0}, "display_scale"),
         ({"save_png": "yes"}, "save_png"),
         ({"reference_model": 3}, "reference_model"),
+        ({"config": RenderConfig(parameterisation="phase")}, "parameterisation='phase' yet .* use 'fourier'"),
     ],
 )
 def test_bad_arguments_raise_value_error(kwargs, message):

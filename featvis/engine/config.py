@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from featvis.engine.checks import check_bool, check_choice, check_int, check_number
-from featvis.engine.param import Parameterisation
+from featvis.engine.param import PARAMETERISATIONS, Parameterisation
 from featvis.engine.transforms import Transform
 
 OptimizerFactory = Callable[[list[Tensor], float], torch.optim.Optimizer]
@@ -39,7 +39,9 @@ class RenderConfig:
         images_per_target: images rendered per target (``K``).
         image_size: side length of the (square) images in pixels, or their ``(height, width)``; None takes it
             from the data or the model (the callback), else 32.
-        parameterisation: ``"fourier"`` (1/f-scaled spectrum) or ``"pixel"``.
+        parameterisation: ``"fourier"`` (1/f-scaled spectrum), ``"phase"`` (each image keeps the amplitude
+            spectrum of a real image and only its phase is optimised, as MACO does; :func:`render` then needs
+            ``spectra``, real images) or ``"pixel"``.
         decorrelate: optimise colours in the data's decorrelated basis (True) or per RGB channel. The basis is
             the ``colour`` transform of :func:`render`, or its ``basis`` when one is given (a whitening fitted
             to the training pixels, e.g. by the callback for a model trained on plain normalised RGB).
@@ -87,7 +89,7 @@ class RenderConfig:
         check_int("images_per_target", self.images_per_target, 1)
         if self.image_size is not None:
             object.__setattr__(self, "image_size", _image_size(self.image_size))
-        check_choice("parameterisation", self.parameterisation, ("fourier", "pixel"))
+        check_choice("parameterisation", self.parameterisation, PARAMETERISATIONS)
         check_bool("decorrelate", self.decorrelate)
         object.__setattr__(self, "decay", check_number("decay", self.decay, 0.0))
         object.__setattr__(self, "init_std", check_number("init_std", self.init_std, 0.0))

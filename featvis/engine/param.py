@@ -2,9 +2,9 @@
 
 An image is produced in three stages:
 
-1. An :class:`ImageParam` (:class:`FourierImage` or :class:`PixelImage`) holds the optimised leaf tensor and
-   turns it into an image ``z`` in a *decorrelated colour basis*, with the input space's channels: 3 (RGB), or
-   1 for a grayscale model (then the basis is one-dimensional: the mean and spread of the grey level).
+1. An :class:`ImageParam` (:class:`FourierImage`, :class:`PhaseImage` or :class:`PixelImage`) holds the optimised
+   leaf tensor and turns it into an image ``z`` in a *decorrelated colour basis*, with the input space's channels:
+   3 (RGB), or 1 for a grayscale model (then the basis is one-dimensional: the mean and spread of the grey level).
 2. :class:`ColourSquash` maps ``z`` to colours in (0, 1): multiply by the colour correlation (the inverse of the
    data's whitening matrix ``W``), add the logit of the data's mean colour and apply a sigmoid. The gain is chosen
    so that, near the mean colour, ``z`` equals the whitened image to first order; the sigmoid then keeps every
@@ -21,15 +21,26 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from featvis.colour import ColourTransform, InputSpace
 from featvis.engine.checks import check_int, check_number
 
-Parameterisation = Literal["fourier", "pixel"]
+Parameterisation = Literal["fourier", "pixel", "phase"]
+PARAMETERISATIONS: tuple[str, ...] = ("fourier", "pixel", "phase")
 
 # Keeps logit(mean) finite for data whose mean colour is near black or white.
 _MEAN_CLAMP = 0.02
+# Half an 8-bit level: real images' 0 and 255 map to finite logits in ColourSquash.to_z.
+_HALF_LEVEL = 0.5 / 255
+#: Colours are limited to [SPECTRA_LIMIT, 1 - SPECTRA_LIMIT] before their spectra are taken for a phase-only
+#: render. Near-black and near-white pixels have huge logits; a real image's saturated highlights put that
+#: energy at its edges, but with the phases free it becomes high-frequency noise all over the picture. Measured on
+#: the default model after 2 epochs, 10 classes x 4 against real test images (colour distance, spectral gap;
+#: `python -m benchmarks.colour`): half an 8-bit level 0.046, 0.291; 0.05: 0.089, 0.131; 0.1: 0.111, 0.095;
+#: featvis's 1/f default 0.197, 0.331. 0.05 keeps both well inside the quality bars (0.10 and 0.30).
+SPECTRA_LIMIT = 0.05
 #: The basis of an input space that is no colour transform (a ``to_model``/``to_rgb`` pair) when no ``basis`` is
 #: given: mean grey 0.5 and standard deviation 0.25 in every channel, no mixing between channels, so that
 #: ``rgb = sigmoid(z)`` channel by channel.
@@ -212,6 +223,126 @@ class FourierImage(ImageParam):
         ]
 
 
+class PhaseImage(FourierImage):
+    """Images whose amplitude spectrum is fixed to that of real images; only the phase is optimised.
+
+    The MACO idea (Fel et al., 2023): natural images owe their look to their amplitude spectrum, and an
+    adversarial pattern needs the energy at frequencies where real images have little. Each image here keeps the
+    amplitude spectrum ``magnitude`` of one real image (in the decorrelated colour basis, so its contrast in every
+    colour direction and its mean colour's size are those of a photograph) and the optimiser turns only the phase
+    of every coefficient. The parameter is laid out as :class:`FourierImage`'s (real and imaginary parts, whose
+    direction is the phase), so warm starts and chunking work the same way. The DC (mean colour) and Nyquist
+    terms of an ``rfft2`` spectrum are real: there the phase chooses ``magnitude * cos(phase)``, any value up to the
+    real image's own.
+
+    Args:
+        magnitude: ``(N, C, height, width // 2 + 1)`` amplitude spectra, one per image (see
+            :func:`amplitude_spectra`).
+        height: image height in pixels.
+        width: image width in pixels.
+        init_std: standard deviation of the random start of every coefficient (its scale does not matter: only
+            its direction, a uniformly random phase, does).
+        generator: random source of the start (its device is the parameter's device).
+        dtype: floating dtype of the parameter.
+    """
+
+    def __init__(
+        self,
+        magnitude: Tensor,
+        height: int,
+        width: int,
+        init_std: float = 0.01,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        _check_size(height, width)
+        magnitude = _check_magnitude(magnitude, height, width)
+        shape = (*magnitude.shape, 2)
+        self.parameter = _random_leaf(shape, max(init_std, 1e-6), generator, dtype)
+        self.height, self.width, self.decay = height, width, 0.0
+        self.magnitude = magnitude.to(self.parameter.device, dtype)
+
+    @classmethod
+    def from_phase(cls, parameter: Tensor, magnitude: Tensor, height: int, width: int) -> PhaseImage:
+        """Wrap an existing ``(N, C, height, width // 2 + 1, 2)`` leaf tensor and its images' amplitude spectra."""
+        magnitude = _check_magnitude(magnitude, height, width)
+        if tuple(parameter.shape) != (*magnitude.shape, 2):
+            raise ValueError(
+                f"a phase parameter has shape {(*magnitude.shape, 2)}, got {tuple(parameter.shape)}."
+            )
+        self = cls.__new__(cls)
+        self.height, self.width, self.decay = height, width, 0.0
+        self.parameter, self.magnitude = parameter, magnitude.to(parameter)
+        return self
+
+    def spectrum(self) -> Tensor:
+        coefficients = torch.view_as_complex(self.parameter)
+        # A unit complex number per coefficient: its phase. The floor only guards an exact zero.
+        return self.magnitude * coefficients / coefficients.abs().clamp(min=1e-12)
+
+    def split(self, sizes: Sequence[int]) -> list[ImageParam]:
+        magnitudes = self.magnitude.split(list(sizes))
+        return [
+            PhaseImage.from_phase(part, magnitude, self.height, self.width)
+            for part, magnitude in zip(self._split_leaf(self.parameter, sizes), magnitudes, strict=True)
+        ]
+
+
+def _check_magnitude(magnitude: Tensor, height: int, width: int) -> Tensor:
+    if not isinstance(magnitude, Tensor) or magnitude.ndim != 4 or magnitude.shape[1] not in (1, 3):
+        shape = tuple(magnitude.shape) if isinstance(magnitude, Tensor) else type(magnitude).__name__
+        raise ValueError(f"magnitude must be a (N, 3 or 1, H, W // 2 + 1) tensor, got {shape}.")
+    if tuple(magnitude.shape[-2:]) != (height, width // 2 + 1):
+        raise ValueError(
+            f"magnitude has spectra of shape {tuple(magnitude.shape[-2:])}, but {height}x{width} images have "
+            f"{(height, width // 2 + 1)}; compute them from images of the render's size."
+        )
+    return magnitude.detach()
+
+
+def amplitude_spectra(
+    rgb: Tensor,
+    squash: ColourSquash,
+    count: int,
+    size: tuple[int, int],
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Amplitude spectra of real images in a render's colour basis, one per rendered image.
+
+    Each image is mapped into the decorrelated basis by the inverse of the render's colour squash
+    (:meth:`ColourSquash.to_z`, with colours limited to :data:`SPECTRA_LIMIT`), so an image rendered with a real
+    image's spectrum and phase would be that image again, up to its most saturated colours, and the orthonormal
+    ``rfft2`` amplitude is taken. ``count`` spectra are drawn from the images without
+    replacement while there are enough (with replacement after), with ``generator``.
+
+    Args:
+        rgb: ``(M, 3, h, w)`` real images, RGB in [0, 1] (a grayscale space takes their grey level); resized
+            (bilinear, antialiased) when they are not of the render's size.
+        squash: the render's colour squash.
+        count: spectra to draw, one per rendered image.
+        size: ``(H, W)`` of the rendered images.
+        generator: random source of the draw (on the squash's device).
+
+    Returns:
+        ``(count, C, H, W // 2 + 1)`` amplitude spectra, C the space's channels.
+    """
+    if not isinstance(rgb, Tensor) or rgb.ndim != 4 or rgb.shape[1] != 3 or rgb.shape[0] < 1:
+        shape = tuple(rgb.shape) if isinstance(rgb, Tensor) else type(rgb).__name__
+        raise ValueError(f"spectra needs real RGB images of shape (M, 3, H, W), M >= 1, got {shape}.")
+    device = squash.correlation.device
+    total = rgb.shape[0]
+    if total >= count:
+        index = torch.randperm(total, generator=generator, device=device)[:count]
+    else:
+        index = torch.randint(total, (count,), generator=generator, device=device)
+    images = rgb.to(device)[index].to(squash.correlation.dtype)
+    if tuple(images.shape[-2:]) != tuple(size):
+        images = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
+    if squash.channels == 1:
+        images = images.mean(dim=1, keepdim=True)
+    return torch.fft.rfft2(squash.to_z(images, SPECTRA_LIMIT), norm="ortho").abs()
+
+
 def _channels(channels: int) -> int:
     if channels not in (1, 3):
         raise ValueError(f"channels must be 3 (RGB) or 1 (grey), got {channels!r}.")
@@ -239,24 +370,37 @@ def make_image_param(
     width: int,
     *,
     decay: float = 1.0,
+    magnitude: Tensor | None = None,
     **start: Any,
 ) -> ImageParam:
-    """Build a :class:`FourierImage` (``"fourier"``) or :class:`PixelImage` (``"pixel"``).
+    """Build a :class:`FourierImage` (``"fourier"``), :class:`PhaseImage` (``"phase"``) or :class:`PixelImage`.
 
     Args:
-        parameterisation: ``"fourier"`` or ``"pixel"``.
+        parameterisation: ``"fourier"``, ``"phase"`` (needs ``magnitude``) or ``"pixel"``.
         batch: number of images.
         height: image height in pixels.
         width: image width in pixels.
         decay: exponent of the Fourier ``1 / f`` scaling (ignored for pixels).
-        **start: the random start and channels, as both classes take them: ``init_std``, ``generator``,
+        magnitude: the amplitude spectra of a ``"phase"`` parameterisation, ``(batch, C, H, W // 2 + 1)``.
+        **start: the random start and channels, as the classes take them: ``init_std``, ``generator``,
             ``dtype``, ``channels``.
     """
     if parameterisation == "fourier":
         return FourierImage(batch, height, width, decay, **start)
+    if parameterisation == "phase":
+        if magnitude is None or magnitude.shape[0] != batch or magnitude.shape[1] != start.get("channels", 3):
+            raise ValueError(
+                f"parameterisation 'phase' needs {batch} amplitude spectra with {start.get('channels', 3)} "
+                "channel(s) (amplitude_spectra of real images); got "
+                f"{None if magnitude is None else tuple(magnitude.shape)}."
+            )
+        start.pop("channels", None)
+        return PhaseImage(magnitude, height, width, **start)
     if parameterisation == "pixel":
         return PixelImage(batch, height, width, **start)
-    raise ValueError(f"unknown parameterisation {parameterisation!r}; choose 'fourier' or 'pixel'.")
+    raise ValueError(
+        f"unknown parameterisation {parameterisation!r}; choose one of {list(PARAMETERISATIONS)}."
+    )
 
 
 class ColourSquash:
@@ -322,6 +466,18 @@ class ColourSquash:
     def to_rgb(self, z: Tensor) -> Tensor:
         """Colours in (0, 1) from images in the decorrelated basis, both ``(N, C, H, W)``."""
         return torch.sigmoid(torch.einsum("nchw,cd->ndhw", z, self.correlation) + self.offset)
+
+    def to_z(self, rgb: Tensor, limit: float = _HALF_LEVEL) -> Tensor:
+        """The inverse of :meth:`to_rgb`: images in the decorrelated basis from colours, ``(N, C, H, W)``.
+
+        Args:
+            rgb: colours in [0, 1].
+            limit: colours are kept inside ``[limit, 1 - limit]`` first, where the sigmoid's inverse is finite;
+                the default, half an 8-bit level, inverts every colour a PNG can hold exactly.
+        """
+        rgb = rgb.to(self.correlation).clamp(limit, 1 - limit)
+        logits = torch.logit(rgb) - self.offset
+        return torch.einsum("ndhw,dc->nchw", logits, torch.linalg.inv(self.correlation))
 
     def to_model(self, rgb: Tensor) -> Tensor:
         """Model-space images: the input space's own ``to_model``."""

@@ -31,7 +31,7 @@ from featvis.engine.objectives import (
     as_objective,
     class_names_of,
 )
-from featvis.engine.param import ColourSquash, ImageParam, make_image_param
+from featvis.engine.param import ColourSquash, ImageParam, amplitude_spectra, make_image_param
 from featvis.engine.transforms import Compose, default_transforms, slice_params
 
 #: Final learning rate of the cosine schedule, as a fraction of the peak.
@@ -97,6 +97,7 @@ def render(
     class_names: Sequence[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
     start: Tensor | None = None,
+    spectra: Tensor | None = None,
     **overrides: Any,
 ) -> RenderResult:
     """Optimise ``images_per_target`` images for each target, all targets in one batch.
@@ -119,6 +120,9 @@ def render(
         progress: called as ``progress(done_steps, total_steps)`` after every step (e.g. a progress bar).
         start: warm start: the image parameters to begin from instead of random noise, e.g. an earlier render's
             :attr:`RenderResult.parameters` (same targets, images per target, size and parameterisation).
+        spectra: real images ``(M, 3, h, w)``, RGB in [0, 1] (e.g. training images; resized to the render's size), for
+            ``parameterisation="phase"``: each rendered image keeps the amplitude spectrum of one of them, drawn
+            with the render's seed. Other parameterisations do not use them.
         **overrides: settings that replace those of ``config``, e.g. ``steps=32``.
 
     Returns:
@@ -186,6 +190,16 @@ def render(
             per_chunk = count if max_batch_size is None else max(1, max_batch_size // images_per_target)
             bounds = [(t, min(t + per_chunk, count)) for t in range(0, count, per_chunk)]
             generator = torch.Generator(device=device).manual_seed(config.seed)
+            magnitude = None
+            if config.parameterisation == "phase":
+                if spectra is None:
+                    raise ValueError(
+                        "parameterisation='phase' keeps the amplitude spectra of real images: pass "
+                        "render(..., spectra=<(M, 3, H, W) training images, RGB in [0, 1]>), or use 'fourier'."
+                    )
+                magnitude = amplitude_spectra(
+                    spectra, squash, count * images_per_target, (height, width), generator
+                )
             # One draw for the whole batch, then split: chunking does not change any image's start.
             full = make_image_param(
                 config.parameterisation,
@@ -193,6 +207,7 @@ def render(
                 height,
                 width,
                 decay=config.decay,
+                magnitude=magnitude,
                 init_std=config.init_std,
                 generator=generator,
                 dtype=dtype,

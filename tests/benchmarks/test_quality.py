@@ -12,8 +12,10 @@ import torch
 from helpers import write_cifar_folder
 
 import benchmarks.ablation as ablation
+import benchmarks.colour as colour_study
 import benchmarks.common as common
 import benchmarks.quality as quality
+import featvis.engine.param
 from benchmarks.reference_models import (
     ARCHITECTURES,
     build_reference,
@@ -25,7 +27,7 @@ from benchmarks.reference_models import (
 from featvis.cifar import read_class_names, read_split
 from featvis.engine import RenderConfig
 from featvis.hidden import SheetConfig
-from featvis.images import write_image_folder
+from featvis.images import load_png, write_image_folder
 from featvis.quality import penultimate_features
 
 REPO = Path(__file__).resolve().parents[2]
@@ -320,15 +322,27 @@ def test_ablation_renders_every_variant_and_scores_it(bigger_cifar, ref_paths, t
     saved = json.loads(out.read_text())
     assert saved["steps"] == 4 and saved["rows"][0]["settings"]["augment"] is False
     assert "(10 classes x 2 images, 4 steps" in printed
-    # Each row changes exactly one ingredient: the settings of consecutive rows differ in one key.
-    for before, after in zip(rows, rows[1:], strict=False):
+
+    def changed(before: dict, after: dict) -> set[str]:
         keys = set(before["settings"]) | set(after["settings"])
-        changed = {key for key in keys if before["settings"].get(key) != after["settings"].get(key)}
-        assert len(changed) == 1 or set(changed) == {"diversity_layer", "diversity_weight"}, changed
+        return {key for key in keys if before["settings"].get(key) != after["settings"].get(key)}
+
+    # Each cumulative row changes exactly one ingredient: the settings of consecutive rows differ in one key;
+    # each alternative changes one setting of the defaults (row 4).
+    cumulative = len(ablation.VARIANTS) + 1
+    for before, after in zip(rows[:cumulative], rows[1:cumulative], strict=False):
+        assert len(changed(before, after)) == 1 or changed(before, after) == {
+            "diversity_layer",
+            "diversity_weight",
+        }
+    assert [changed(rows[3], row) for row in rows[cumulative:]] == [{"parameterisation"}]
     for row in rows:
         assert 0.0 <= row["transfer"] <= 1.0 and row["spectral_gap"] > 0 and row["seconds"] > 0
-        assert 0.0 <= row["robustness"] <= 1.0
+        assert 0.0 <= row["robustness"] <= 1.0 and row["colour_distance"] > 0 and row["diversity"] > 0
         assert set(row["transfer_per_model"]) == {"preact_resnet_seed0", "vgg_avg_seed1"}
+    # The phase-only row keeps real images' amplitude spectra: its images differ from the 1/f defaults'.
+    assert rows[-1]["colour_distance"] != rows[3]["colour_distance"]
+    assert "| defaults, phase-only spectra of training images |" in printed
     # Fourier images have another spectrum than pixel images from the same start and steps.
     assert rows[2]["spectral_gap"] != rows[1]["spectral_gap"]
 
@@ -336,3 +350,26 @@ def test_ablation_renders_every_variant_and_scores_it(bigger_cifar, ref_paths, t
 def test_ablation_quantise_matches_png_levels():
     rgb = torch.tensor([-0.2, 0.0, 0.5, 0.70001, 1.3])
     assert torch.equal(ablation.quantise(rgb) * 255, torch.tensor([0.0, 0.0, 128.0, 179.0, 255.0]))
+
+
+def test_colour_study_shows_the_phase_only_rows_contrast_is_the_real_images(
+    bigger_cifar, tiny_ckpt, tmp_path, capsys
+):
+    sheet = tmp_path / "sheet.png"
+    args = ["--ckpt", str(tiny_ckpt), "--data-dir", str(bigger_cifar), "--steps", "2", "--sheet", str(sheet)]
+    rows = colour_study.main(args)
+    assert [row["name"] for row in rows] == ["real test images", *(name for name, _, _ in colour_study.ROWS)]
+    real, default = rows[0], rows[1]
+    phase = next(row for row in rows if "limit 0.05" in row["name"])
+    # Two steps from the small random start: the 1/f images are nearly flat, while phase-only images carry real
+    # images' amplitude spectra, so their contrast is of the real images' order.
+    assert max(default["contrast"]) < 0.2 * min(real["contrast"])
+    for ours, theirs in zip(phase["contrast"], real["contrast"], strict=True):
+        assert 0.3 * theirs < ours < 3 * theirs
+    assert phase["colour_distance"] < default["colour_distance"]
+    assert "| phase-only, limit 0.05 (SPECTRA_LIMIT) |" in capsys.readouterr().out
+    assert featvis.engine.param.SPECTRA_LIMIT == 0.05  # the study put the module's limit back
+    # The sheet: 10 classes x (4 real, 4 defaults, 4 phase-only) tiles of 32 px at scale 3, and label margins.
+    picture = load_png(sheet)
+    assert picture.shape[0] == 3 and 10 * 96 < picture.shape[1] < 10 * 96 + 120
+    assert 12 * 96 < picture.shape[2] < 12 * 96 + 200

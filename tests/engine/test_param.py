@@ -7,9 +7,12 @@ import torch
 
 from featvis.colour import ColourTransform
 from featvis.engine.param import (
+    SPECTRA_LIMIT,
     ColourSquash,
     FourierImage,
+    PhaseImage,
     PixelImage,
+    amplitude_spectra,
     fourier_frequencies,
     fourier_scale,
     make_image_param,
@@ -141,3 +144,42 @@ def test_one_channel_parameterisations_and_squash() -> None:
         ColourSquash(grey, basis=_colour())
     with pytest.raises(ValueError, match="channels must be 3 \\(RGB\\) or 1 \\(grey\\), got 2"):
         make_image_param("pixel", 1, 4, 4, channels=2)
+
+
+def test_to_z_inverts_the_colour_squash_so_a_real_images_spectrum_and_phase_give_it_back() -> None:
+    colour = _colour()
+    for decorrelate in (True, False):
+        squash = ColourSquash(colour, decorrelate=decorrelate)
+        real = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(4)) * 0.9 + 0.05
+        assert torch.allclose(squash.to_rgb(squash.to_z(real)), real, atol=1e-5)
+        spectrum = torch.fft.rfft2(squash.to_z(real), norm="ortho")
+        # A phase parameter pointing along the real image's own phase rebuilds it from its magnitude.
+        phase = torch.view_as_real(spectrum * 7.0).clone().requires_grad_(True)
+        image = PhaseImage.from_phase(phase, spectrum.abs(), 8, 8)
+        assert torch.allclose(squash.to_rgb(image.image()), real, atol=1e-4)
+
+
+def test_phase_image_keeps_its_magnitude_whatever_the_parameter() -> None:
+    magnitude = torch.rand(4, 3, 8, 5, generator=torch.Generator().manual_seed(5)) + 0.1
+    image = PhaseImage(magnitude, 8, 8, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        image.parameter.mul_(torch.rand(image.parameter.shape[:-1]).unsqueeze(-1) * 100)
+    assert torch.allclose(image.spectrum().abs(), magnitude, atol=1e-5)
+    halves = image.split([1, 3])
+    assert [tuple(part.magnitude.shape) for part in halves] == [(1, 3, 8, 5), (3, 3, 8, 5)]
+    assert torch.equal(torch.cat([part.image() for part in halves]), image.image())
+    with pytest.raises(ValueError, match=r"magnitude has spectra of shape \(8, 5\), but 16x16 images have"):
+        PhaseImage(magnitude, 16, 16)
+
+
+def test_amplitude_spectra_draw_real_images_without_replacement_and_resize_them() -> None:
+    squash = ColourSquash(_colour())
+    real = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(7))
+    spectra = amplitude_spectra(real, squash, 6, (16, 16), torch.Generator().manual_seed(0))
+    own = torch.fft.rfft2(squash.to_z(real, SPECTRA_LIMIT), norm="ortho").abs()
+    order = [int((own - s).abs().flatten(1).amax(dim=1).argmin()) for s in spectra]
+    assert sorted(order) == list(range(6))  # each real image once
+    small = amplitude_spectra(real, squash, 10, (8, 8), torch.Generator().manual_seed(0))
+    assert small.shape == (10, 3, 8, 5)  # more images than real ones: drawn with replacement, resized
+    with pytest.raises(ValueError, match=r"spectra needs real RGB images of shape \(M, 3, H, W\)"):
+        amplitude_spectra(real[:, :1], squash, 2, (16, 16))

@@ -29,6 +29,7 @@ from featvis.engine import (
     Scale,
     render,
 )
+from featvis.engine.param import SPECTRA_LIMIT, ColourSquash
 
 # Tiny-model settings (the tuned defaults target the real CIFAR model): few steps, a larger learning rate.
 FAST = {
@@ -292,7 +293,7 @@ def test_final_logits_give_the_target_probabilities() -> None:
         ({"autocast": "int8"}, "autocast must be one of 'auto', 'bf16', 'fp16', 'none', got 'int8'"),
         (
             {"parameterisation": "wavelet"},
-            "parameterisation must be one of 'fourier', 'pixel', got 'wavelet'",
+            "parameterisation must be one of 'fourier', 'pixel', 'phase', got 'wavelet'",
         ),
         ({"max_batch_size": 1}, r"max_batch_size \(1\) must be >= images_per_target \(2\)"),
         ({"augment": "yes"}, "augment must be True, False or a list of Transforms"),
@@ -504,3 +505,35 @@ def test_a_warm_start_of_another_shape_names_the_fix() -> None:
     first = render(TinyNet(), [ClassLogit(1)], colour=_colour(), **FAST)
     with pytest.raises(ValueError, match="pass the parameters of a render of the same targets"):
         render(TinyNet(), [ClassLogit(1), ClassLogit(2)], colour=_colour(), start=first.parameters, **FAST)
+
+
+def test_a_phase_render_keeps_each_images_real_amplitude_spectrum_and_raises_the_target() -> None:
+    net, colour = TinyNet(), _colour()
+    generator = torch.Generator().manual_seed(3)
+    real = torch.rand(5, 3, 16, 16, generator=generator) * 0.6 + 0.2
+    real[:, :, :8] *= 0.5  # a structure, so the five spectra differ
+    settings = {**FAST, "parameterisation": "phase", "steps": 30}
+    start = render(net, [0, 3], colour=colour, spectra=real, **{**settings, "steps": 0})
+    end = render(net, [0, 3], colour=colour, spectra=real, **settings)
+    assert (end.values > start.values + 0.5).all(), (start.values, end.values)
+    # Every rendered image has the amplitude spectrum of one of the real images (in the optimised colour basis;
+    # up to the DC and Nyquist terms, which are real and take magnitude * cos(phase)), four different ones.
+    squash = ColourSquash(colour)
+    real_spectra = torch.fft.rfft2(squash.to_z(real, SPECTRA_LIMIT), norm="ortho").abs()
+    rendered = torch.fft.rfft2(squash.to_z(end.rgb.flatten(0, 1)), norm="ortho").abs()  # exact inverse
+    inner = (slice(None), slice(None), slice(1, 8), slice(1, 8))  # not the DC row or the Nyquist column
+    matches = [
+        int(
+            ((real_spectra[inner] - image[inner[1:]]).abs().amax(dim=(1, 2, 3)) < 1e-3).nonzero().flatten()[0]
+        )
+        for image in rendered
+    ]
+    assert len(set(matches)) == 4, matches
+    # The same seed draws the same spectra and phases: the same images.
+    again = render(net, [0, 3], colour=colour, spectra=real, **settings)
+    assert torch.equal(again.rgb, end.rgb)
+
+
+def test_a_phase_render_without_real_images_names_the_fix() -> None:
+    with pytest.raises(ValueError, match=r"parameterisation='phase' .* pass render\(\.\.\., spectra="):
+        render(TinyNet(), colour=_colour(), **{**FAST, "parameterisation": "phase"})
