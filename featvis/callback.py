@@ -45,6 +45,7 @@ epoch's PNG folder, with the scalars ``<prefix>/channels/<layer>/purity`` and ``
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +79,7 @@ _NO_COLOUR = (
 class FeatureVisCallback(Callback):
     """Render feature visualisations during training and log them to every logger.
 
-    When it renders, what it logs, and where its colours, image size and class names come from: see the module
-    docstring.
+    When it renders, what it logs and where its colours, sizes and class names come from: the module docstring.
 
     Args:
         every_n_epochs: render at the end of every n-th training epoch (epochs counted from 1).
@@ -89,7 +89,8 @@ class FeatureVisCallback(Callback):
             channels (or neurons) are rendered in addition to ``targets``.
         channels: channel indices of ``layer``; None takes the first ``min(10, channels)`` channels.
         neuron: render the centre neuron of each channel instead of the channel's mean activation.
-        config: the render settings (steps, learning rate, images per target, ...); see ``RenderConfig``.
+        config: the render settings (steps, learning rate, images per target, ...); see ``RenderConfig``. With
+            ``parameterisation="phase"`` the pictures keep training images' spectra (``split("train")``).
         sheets: hidden-unit channel sheets (``SheetConfig``: layers, channels or an automatic choice of ``k``,
             top dataset examples): logged as ``<prefix>/channels/<layer>`` beside the class render; None: off.
         budget_seconds: seconds per epoch for all featvis work: steps scaled, then sheet layers skipped, to fit
@@ -144,7 +145,7 @@ class FeatureVisCallback(Callback):
         self.targets, self.layer, self.channels, self.neuron = targets, layer, channels, neuron
         self.convention = _convention(normalization_mean, normalization_std, input_convention)
         self.space: InputSpace | None = self.convention.space() if self.convention is not None else None
-        self.config = _callback_config(config)
+        self.config = config if config is not None else RenderConfig()
         self.render_before_training = check_bool("render_before_training", render_before_training)
         self.learn_basis = check_bool("learn_basis", learn_basis)
         self.prefix = prefix
@@ -160,6 +161,7 @@ class FeatureVisCallback(Callback):
         self._budget = TimeBudget(budget_seconds)  # its measured costs are saved in checkpoints too
         self._run: dict[str, Any] = {}  # image size and class names as rendered, for `featvis render`
         self._resumed = False  # set by load_state_dict: prune the PNG folders the checkpoint does not cover
+        self._spectra: Tensor | None = None  # training images whose spectra "phase" renders keep (at setup)
 
     # ------------------------------------------------------------------ Lightning plumbing
 
@@ -207,8 +209,10 @@ class FeatureVisCallback(Callback):
             if name is not None:
                 resolve_layer(pl_module, name)  # unknown layer -> ValueError naming the closest layers
         self._targets_for(trainer, pl_module)  # bad classes, channels or layers fail now, not after an epoch
+        size, data = self._size(trainer, pl_module), getattr(trainer, "datamodule", None)
+        self._spectra = self._scorer.spectra(self.config, data, size)  # "phase" without split("train") fails
         if self._sheets is not None:
-            self._sheets.check(pl_module, self._size(trainer, pl_module))
+            self._sheets.check(pl_module, size, self._spectra)
         self._scorer.setup()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -263,9 +267,7 @@ class FeatureVisCallback(Callback):
     def render(
         self, pl_module: nn.Module, trainer: pl.Trainer | None = None, steps: int | None = None
     ) -> dict[str, Any]:
-        """Render this callback's targets for ``pl_module`` as it is now, without logging anything.
-
-        Under DDP every rank must call it; the targets are split across the ranks and gathered on all of them.
+        """Render the targets for ``pl_module`` as it is now, logging nothing. Under DDP every rank must call it.
 
         Args:
             pl_module: the model (a LightningModule or any module mapping model-space images to logits).
@@ -286,9 +288,8 @@ class FeatureVisCallback(Callback):
             # Collective under DDP (rank 0 fits, the others take its basis): every rank calls it.
             basis = self._basis.get(trainer, pl_module, self.space) if self.learn_basis else None
             colour, objectives = self._colour(trainer, pl_module), [t.objective for t in mine]
-            result = (
-                render(pl_module, objectives, config=config, colour=colour, basis=basis) if mine else None
-            )
+            draw = partial(render, config=config, colour=colour, basis=basis, spectra=self._spectra)
+            result = draw(pl_module, objectives) if mine else None
             device, k = device_and_dtype(pl_module)[0], config.images_per_target
             out = gather_render(trainer, result, per_rank, len(targets), k, config.size, device)  # every rank
             return out | {"names": [t.tag for t in targets]}
@@ -390,17 +391,6 @@ def _convention(
         return InputConvention(mean=mean, std=std)
     except ValueError as err:
         raise ValueError(f"normalization_mean/normalization_std: {err}") from err
-
-
-def _callback_config(config: RenderConfig | None) -> RenderConfig:
-    """The callback's render settings; ``"phase"`` needs real images' spectra, which only ``render`` takes so far."""
-    config = config if config is not None else RenderConfig()
-    if config.parameterisation == "phase":
-        raise ValueError(
-            "FeatureVisCallback does not render with parameterisation='phase' yet (it needs the training images' "
-            "spectra); use 'fourier' (the default) or 'pixel', or featvis.engine.render(..., spectra=images)."
-        )
-    return config
 
 
 def _log_dir(trainer: pl.Trainer) -> Path:

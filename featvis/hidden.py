@@ -156,6 +156,7 @@ class ChannelSheets:
         self.config = config if config is not None else SheetConfig()
         self.warn = warn if warn is not None else UserWarnOnce()
         self.layers: list[str] | None = None  # resolved by check()
+        self.spectra: Tensor | None = None  # training images for phase-only renders, given to check()
         self.probe: ProbeSet | None = None
         self.channels: dict[str, list[int]] = {}  # chosen (or listed) channels per layer
         self._previous: dict[str, Tensor] = {}  # last render's probe activations, for the "change" rule
@@ -167,8 +168,15 @@ class ChannelSheets:
         # What setup() reads the probe set from: (source, colour, seed); read again after a late restore.
         self._source: tuple[Any, InputSpace | None, int] | None = None
 
-    def check(self, model: nn.Module, size: int | tuple[int, int]) -> list[str]:
+    def check(
+        self, model: nn.Module, size: int | tuple[int, int], spectra: Tensor | None = None
+    ) -> list[str]:
         """Resolve and validate the layers against ``model`` (cheap: one probe image per layer).
+
+        Args:
+            model: the model whose layers are shown.
+            size: the image size of the renders.
+            spectra: training images whose amplitude spectra phase-only renders keep (kept for :meth:`render`).
 
         Returns:
             The layer names, ``"auto"`` replaced by the layer it stands for.
@@ -178,6 +186,7 @@ class ChannelSheets:
                 layer without ``(N, C, H, W)`` outputs, or more channels than a layer has.
         """
         config, layers = self.config, []
+        self.spectra = spectra if spectra is not None else self.spectra
         for name in config.layers:
             layer = resolve_layer_name(model, name, size)
             width = layer_width(model, layer, size)
@@ -257,6 +266,7 @@ class ChannelSheets:
         epoch: int | None = None,
         steps: int | None = None,
         layers: Sequence[str] | None = None,
+        spectra: Tensor | None = None,
     ) -> dict[str, dict[str, Any]]:
         """Render every layer's chosen channels in one batch and pair them with their top probe examples.
 
@@ -275,6 +285,8 @@ class ChannelSheets:
                 warm-started render (see :class:`SheetConfig`) and the config's steps for a cold one.
             layers: render only these of the configured layers (e.g. to fit a time budget); None: all. A render
                 of other layers than the last one starts cold.
+            spectra: training images whose amplitude spectra a ``parameterisation="phase"`` render keeps;
+                None: those given to :meth:`check`.
 
         Returns:
             Per layer (in configured order): ``rgb`` ``(U, K, 3, H, W)`` visualisations in [0, 1] (CPU);
@@ -317,7 +329,10 @@ class ChannelSheets:
         if steps is None:
             steps = self.next_steps(config, warm is not None)
         config = config.replace(steps=steps)
-        result = render(model, objectives, config=config, colour=colour, basis=basis, start=warm)
+        spectra = spectra if spectra is not None else self.spectra
+        result = render(
+            model, objectives, config=config, colour=colour, basis=basis, start=warm, spectra=spectra
+        )
         if cfg.warm_start and result.parameters is not None:
             self._warm.record(tags, signature, result.parameters, result.rgb.flatten(0, 1), measure)
         scale = scale if scale is not None else max(1, 128 // max(config.size))

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from featvis.colour import ColourTransform
-from featvis.engine import fork_rng
+from featvis.engine import RenderConfig, fork_rng
 from featvis.outputs import WarnOnce
 from featvis.quality import RGBInput, reference_spectrum, score_render
 
@@ -60,6 +60,27 @@ class RunScorer:
             self._reference = load_classifier(str(self.reference_model))
         elif isinstance(self.reference_model, nn.Module):
             self._reference = self.reference_model
+
+    def spectra(self, config: RenderConfig, datamodule: Any, size: int | tuple[int, int]) -> Tensor | None:
+        """The training images (RGB in [0, 1]) whose amplitude spectra a phase-only render keeps; None for other
+        parameterisations. They are the sample the metrics compare with, read once per run.
+
+        Raises:
+            ValueError: ``parameterisation="phase"`` without a datamodule whose ``split("train")`` gives RGB
+                images of the render's size.
+        """
+        if config.parameterisation != "phase":
+            return None
+        size = (size, size) if isinstance(size, int) else size
+        self._spectrum_for(datamodule, torch.Size(size))
+        if self._colours is None or not len(self._colours):
+            raise ValueError(
+                f"parameterisation='phase' keeps training images' spectra, and the callback reads {size[0]}x"
+                f"{size[1]} RGB images from the datamodule's split('train'), which this run does not have; use "
+                "'fourier' (the default)."
+            )
+        images = self._colours
+        return images.float().div(255) if images.dtype == torch.uint8 else images.float()
 
     def scores(
         self, rgb: Tensor, classes: list[int | None], model: nn.Module, colour: Any, datamodule: Any

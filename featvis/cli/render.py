@@ -31,6 +31,7 @@ from featvis.colour import ColourTransform, InputConvention, InputSpace
 from featvis.engine import RenderConfig, RenderResult, class_names_of
 from featvis.folders import FolderError, check_destination, write_folder
 from featvis.quality import RGBInput, reference_spectrum, score_render
+from featvis.scoring import SPECTRUM_IMAGES
 from featvis.targets import Target, image_size_of, resolve_targets
 
 
@@ -64,7 +65,11 @@ def _render_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--metrics", action="store_true", help="compute quality metrics into <out>/metrics.json."
     )
-    parser.add_argument("--data-dir", help="CIFAR data_dir: the training-set spectrum for the spectral gap.")
+    parser.add_argument(
+        "--data-dir",
+        help="CIFAR data_dir: the training-set spectrum for the spectral gap, and the training images whose "
+        "amplitude spectra --parameterisation phase keeps.",
+    )
     parser.add_argument(
         "--reference", nargs="+", help="ClassifierModule checkpoints of other models, for transfer accuracy."
     )
@@ -278,6 +283,7 @@ def render_main(argv: Sequence[str] | None = None) -> int:
             channels=args.channel if args.channel is not None or args.layer is None else [0],
         )
         spectrum = _train_spectrum(args.data_dir, config.size) if args.metrics and args.data_dir else None
+        spectra = _phase_images(args.data_dir) if config.parameterisation == "phase" else None
         references = {Path(p).stem: _load_checkpoint(p, device) for p in args.reference or []}
         if not args.quiet:
             count = f"{len(targets)} targets x {config.images_per_target} images"
@@ -290,6 +296,7 @@ def render_main(argv: Sequence[str] | None = None) -> int:
             basis=basis,
             class_names=class_names,
             progress=None if args.quiet else _print_progress,
+            spectra=spectra,
         )
         metrics = (
             _render_metrics(result, targets, RGBInput(module, colour), spectrum, references)
@@ -322,14 +329,30 @@ def render_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _train_spectrum(data_dir: str, size: tuple[int, int]) -> Tensor:
-    """The radial log spectrum of the CIFAR training set under ``data_dir``, for the spectral gap."""
+def _train_images(data_dir: str) -> Tensor:
+    """The uint8 CIFAR training images under ``data_dir``."""
     from featvis.cifar import CIFAR10_FOLDER, read_split
 
     folder = Path(data_dir) / CIFAR10_FOLDER
     if not folder.is_dir():
         raise RenderError(f"--data-dir {data_dir} holds no {CIFAR10_FOLDER} folder.")
-    return reference_spectrum(read_split(folder, train=True)[0], min(size))
+    return read_split(folder, train=True)[0]
+
+
+def _train_spectrum(data_dir: str, size: tuple[int, int]) -> Tensor:
+    """The radial log spectrum of the CIFAR training set under ``data_dir``, for the spectral gap."""
+    return reference_spectrum(_train_images(data_dir), min(size))
+
+
+def _phase_images(data_dir: str | None) -> Tensor:
+    """Evenly spaced training images (RGB in [0, 1]) whose amplitude spectra a phase-only render keeps."""
+    if data_dir is None:
+        raise RenderError(
+            "--parameterisation phase keeps training images' amplitude spectra: pass --data-dir (the folder "
+            "that holds cifar-10-batches-py), or --parameterisation fourier."
+        )
+    images = _train_images(data_dir)
+    return images[:: max(1, len(images) // SPECTRUM_IMAGES)][:SPECTRUM_IMAGES].float().div(255)
 
 
 def _render_metrics(
