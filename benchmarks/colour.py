@@ -9,7 +9,11 @@ rate, or the phase-only parameterisation with a given colour limit) and reports,
   image's mean in that basis (the "same blue-grey background" fault);
 - ``colour distance`` (:func:`featvis.quality.colour_distance`) and ``spectral gap``
   (:func:`featvis.quality.spectral_gap`) to 1000 real test images, on 8-bit images as ``featvis render`` writes;
-- the visualised model's mean probability of the target class.
+- the visualised model's mean probability of the target class;
+- ``diversity vs real``: the within-class diversity of the pictures (:func:`featvis.quality.feature_diversity`,
+  the mean cosine distance between a class's pictures in the visualised model's penultimate features) over that
+  of 20 real test images per class in the same features (1: as varied as photographs of the class). The
+  reference networks' features are the better judge (``benchmarks.quality``); this needs none.
 
 Run from the repository root::
 
@@ -34,7 +38,14 @@ from featvis.cifar import read_split
 from featvis.engine import RenderConfig, render
 from featvis.images import labelled_grid, save_png
 from featvis.model import load_classifier
-from featvis.quality import colour_distance, reference_spectrum, spectral_gap
+from featvis.quality import (
+    RGBInput,
+    colour_distance,
+    feature_diversity,
+    penultimate_features,
+    reference_spectrum,
+    spectral_gap,
+)
 
 # (row label, RenderConfig settings, colour limit of the phase-only spectra or None).
 ROWS: list[tuple[str, dict[str, Any], float | None]] = [
@@ -73,6 +84,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     model = load_classifier(args.ckpt).eval()
     real, labels, _ = common.real_test_set(args.data_dir)
     shown = {0: real[_per_class(labels, 4)]}  # column group -> (classes, 4, 3, H, W)
+    rgb_model = RGBInput(model.net, model.colour)
+
+    def diversity(images: Tensor) -> float:  # (classes, K, 3, H, W), within each class
+        groups = torch.arange(images.shape[0]).repeat_interleave(images.shape[1])
+        return feature_diversity(penultimate_features(rgb_model, images.flatten(0, 1)), groups)
+
+    real_diversity = diversity(real[_per_class(labels, 20)])
     real = real[:1000]
     spectrum = reference_spectrum(real, real.shape[-1])
     train, _ = read_split(cifar_folder(args.data_dir), train=True)
@@ -109,6 +127,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     "colour_distance": colour_distance(rgb, real),
                     "spectral_gap": spectral_gap(rgb, spectrum),
                     "target_probability": float(probs[torch.arange(len(classes)), classes].mean()),
+                    "diversity_vs_real": diversity(quantise(result.rgb)) / real_diversity,
                     "seconds": result.seconds,
                 }
             )
@@ -129,8 +148,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 def _per_class(labels: Tensor, count: int) -> Tensor:
-    """Indices of the first ``count`` test images of each class, ``(classes, count)``."""
-    return torch.stack([(labels == c).nonzero().flatten()[:count] for c in range(int(labels.max()) + 1)])
+    """Indices of the first ``count`` test images of each class (fewer if a class has fewer), ``(classes, n)``."""
+    classes = range(int(labels.max()) + 1)
+    count = min(count, *(int((labels == c).sum()) for c in classes))
+    return torch.stack([(labels == c).nonzero().flatten()[:count] for c in classes])
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -141,14 +162,15 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
     lines = [
         "| images | contrast per whitened channel | mean colour spread | colour distance | spectral gap "
-        "| target probability |",
-        "| - | -: | -: | -: | -: | -: |",
+        "| target probability | diversity vs real |",
+        "| - | -: | -: | -: | -: | -: | -: |",
     ]
     for row in rows:
         probability = f"{row['target_probability']:.3f}" if "target_probability" in row else "-"
+        spread = f"{row['diversity_vs_real']:.2f}" if "diversity_vs_real" in row else "1"
         lines.append(
             f"| {row['name']} | {triple(row['contrast'])} | {triple(row['mean_colour_spread'])} "
-            f"| {row['colour_distance']:.3f} | {row['spectral_gap']:.3f} | {probability} |"
+            f"| {row['colour_distance']:.3f} | {row['spectral_gap']:.3f} | {probability} | {spread} |"
         )
     return "\n".join(lines)
 

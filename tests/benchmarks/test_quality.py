@@ -367,6 +367,9 @@ def test_colour_study_shows_the_phase_only_rows_contrast_is_the_real_images(
     for ours, theirs in zip(phase["contrast"], real["contrast"], strict=True):
         assert 0.3 * theirs < ours < 3 * theirs
     assert phase["colour_distance"] < default["colour_distance"]
+    # Diversity relative to real images: positive and finite (a 2-step model's features hardly tell images apart,
+    # so the ratio itself means little here).
+    assert all(0.0 < row["diversity_vs_real"] < float("inf") for row in rows[1:])
     assert "| phase-only, limit 0.05 (SPECTRA_LIMIT) |" in capsys.readouterr().out
     assert featvis.engine.param.SPECTRA_LIMIT == 0.05  # the study put the module's limit back
     # The sheet: 10 classes x (4 real, 4 defaults, 4 phase-only) tiles of 32 px at scale 3, and label margins.
