@@ -35,7 +35,14 @@ from featvis.engine.objectives import (
     as_objective,
     class_names_of,
 )
-from featvis.engine.param import FourierImage, ImageParam, PixelImage, make_image_param
+from featvis.engine.param import (
+    FourierImage,
+    ImageParam,
+    PhaseImage,
+    PixelImage,
+    amplitude_spectra,
+    make_image_param,
+)
 from featvis.engine.render import NonFiniteError, RenderResult, render
 from featvis.engine.transforms import Compose, Flip, Jitter, Pad, Rotate, Scale, Transform, default_transforms
 
@@ -55,12 +62,14 @@ __all__ = [
     "NonFiniteError",
     "Objective",
     "Pad",
+    "PhaseImage",
     "PixelImage",
     "RenderConfig",
     "RenderResult",
     "Rotate",
     "Scale",
     "Transform",
+    "amplitude_spectra",
     "as_objective",
     "class_names_of",
     "default_transforms",

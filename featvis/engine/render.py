@@ -31,7 +31,8 @@ from featvis.engine.objectives import (
     as_objective,
     class_names_of,
 )
-from featvis.engine.param import ColourSquash, ImageParam, amplitude_spectra, make_image_param
+from featvis.engine.param import ImageParam, amplitude_spectra, make_image_param
+from featvis.engine.squash import ColourSquash
 from featvis.engine.transforms import Compose, default_transforms, slice_params
 
 #: Final learning rate of the cosine schedule, as a fraction of the peak.

@@ -8,7 +8,6 @@ import torch
 from featvis.colour import ColourTransform
 from featvis.engine.param import (
     SPECTRA_LIMIT,
-    ColourSquash,
     FourierImage,
     PhaseImage,
     PixelImage,
@@ -17,6 +16,7 @@ from featvis.engine.param import (
     fourier_scale,
     make_image_param,
 )
+from featvis.engine.squash import ColourSquash
 
 
 def _colour() -> ColourTransform:

@@ -29,7 +29,8 @@ from featvis.engine import (
     Scale,
     render,
 )
-from featvis.engine.param import SPECTRA_LIMIT, ColourSquash
+from featvis.engine.param import SPECTRA_LIMIT
+from featvis.engine.squash import ColourSquash
 
 # Tiny-model settings (the tuned defaults target the real CIFAR model): few steps, a larger learning rate.
 FAST = {
