@@ -266,7 +266,6 @@ class ChannelSheets:
         epoch: int | None = None,
         steps: int | None = None,
         layers: Sequence[str] | None = None,
-        spectra: Tensor | None = None,
     ) -> dict[str, dict[str, Any]]:
         """Render every layer's chosen channels in one batch and pair them with their top probe examples.
 
@@ -285,8 +284,6 @@ class ChannelSheets:
                 warm-started render (see :class:`SheetConfig`) and the config's steps for a cold one.
             layers: render only these of the configured layers (e.g. to fit a time budget); None: all. A render
                 of other layers than the last one starts cold.
-            spectra: training images whose amplitude spectra a ``parameterisation="phase"`` render keeps;
-                None: those given to :meth:`check`.
 
         Returns:
             Per layer (in configured order): ``rgb`` ``(U, K, 3, H, W)`` visualisations in [0, 1] (CPU);
@@ -329,9 +326,8 @@ class ChannelSheets:
         if steps is None:
             steps = self.next_steps(config, warm is not None)
         config = config.replace(steps=steps)
-        spectra = spectra if spectra is not None else self.spectra
         result = render(
-            model, objectives, config=config, colour=colour, basis=basis, start=warm, spectra=spectra
+            model, objectives, config=config, colour=colour, basis=basis, start=warm, spectra=self.spectra
         )
         if cfg.warm_start and result.parameters is not None:
             self._warm.record(tags, signature, result.parameters, result.rgb.flatten(0, 1), measure)

@@ -125,12 +125,18 @@ class RunScorer:
         return self._spectrum if self._spectrum.numel() else None
 
 
+def training_sample(images: Tensor) -> Tensor:
+    """Up to :data:`SPECTRUM_IMAGES` evenly spaced images of a training set: what the metrics compare with, and
+    (the same images in the callback and in ``featvis render``) what phase-only renders take spectra from."""
+    return images[:: max(1, images.shape[0] // SPECTRUM_IMAGES)][:SPECTRUM_IMAGES]
+
+
 def _train_statistics(datamodule: Any, size: tuple[int, ...], warn: WarnOnce) -> tuple[Tensor, Tensor]:
     """Radial log spectrum and colour sample of (up to :data:`SPECTRUM_IMAGES`) training images; empty without."""
     split = getattr(datamodule, "split", None)
     images = split("train")[0] if callable(split) else None
     if images is not None and images.ndim == 4 and images.shape[1] == 3 and tuple(images.shape[-2:]) == size:
-        sample = images[:: max(1, images.shape[0] // SPECTRUM_IMAGES)][:SPECTRUM_IMAGES]
+        sample = training_sample(images)
         return reference_spectrum(sample, min(size)), sample
     shape = "none" if images is None else tuple(images.shape[1:])
     message = f"training images: {shape}; renders: {size} px; it needs a datamodule with split('train')"
@@ -138,4 +144,4 @@ def _train_statistics(datamodule: Any, size: tuple[int, ...], warn: WarnOnce) ->
     return torch.empty(0), torch.empty(0)
 
 
-__all__ = ["SPECTRUM_IMAGES", "RunScorer"]
+__all__ = ["SPECTRUM_IMAGES", "RunScorer", "training_sample"]

@@ -31,7 +31,7 @@ from featvis.colour import ColourTransform, InputConvention, InputSpace
 from featvis.engine import RenderConfig, RenderResult, class_names_of
 from featvis.folders import FolderError, check_destination, write_folder
 from featvis.quality import RGBInput, reference_spectrum, score_render
-from featvis.scoring import SPECTRUM_IMAGES
+from featvis.scoring import training_sample
 from featvis.targets import Target, image_size_of, resolve_targets
 
 
@@ -351,8 +351,7 @@ def _phase_images(data_dir: str | None) -> Tensor:
             "--parameterisation phase keeps training images' amplitude spectra: pass --data-dir (the folder "
             "that holds cifar-10-batches-py), or --parameterisation fourier."
         )
-    images = _train_images(data_dir)
-    return images[:: max(1, len(images) // SPECTRUM_IMAGES)][:SPECTRUM_IMAGES].float().div(255)
+    return training_sample(_train_images(data_dir)).float().div(255)
 
 
 def _render_metrics(
