@@ -29,7 +29,7 @@ from featvis.cifar import read_class_names, read_split
 from featvis.cli.fit import main as featvis_main
 from featvis.engine import RenderConfig, resolve_autocast
 from featvis.hidden import SheetConfig
-from featvis.quality import RGBInput, score_render
+from featvis.quality import RGBInput, feature_diversity, penultimate_features, score_render
 
 REPO = Path(__file__).resolve().parents[1]
 #: The default run's LightningCLI config: model, data, trainer and the callback's settings.
@@ -189,6 +189,13 @@ def quality_scores(
         result["robustness"] = scores["robustness"]
         result["diversity"] = scores.get("diversity", float("nan"))
     return result
+
+
+def class_diversity(model: nn.Module, images: Tensor) -> float:
+    """Within-class diversity of ``(classes, K, 3, H, W)`` RGB images: :func:`featvis.quality.feature_diversity`
+    (mean cosine distance between a class's images) in ``model``'s penultimate features."""
+    groups = torch.arange(images.shape[0]).repeat_interleave(images.shape[1])
+    return feature_diversity(penultimate_features(model, images.flatten(0, 1).float()), groups)
 
 
 def machine_label() -> dict[str, Any]:

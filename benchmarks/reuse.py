@@ -57,6 +57,7 @@ from torchvision.transforms import v2
 from benchmarks.common import (
     FitTimer,
     Reference,
+    class_diversity,
     load_references,
     machine_label,
     make_parser,
@@ -82,8 +83,13 @@ ROWS = {
     "real": "real test images",
     "a": "(a) normalisation only",
     "b": "(b) learned basis",
+    "c": "(c) learned basis, phase-only spectra",
     "grey": "grayscale model",
 }
+#: The callback's renders of the RGB model: (learn_basis, parameterisation) per row.
+RGB_RENDERS = {"a": (False, "fourier"), "b": (True, "fourier"), "c": (True, "phase")}
+#: Real test images per class that the diversity is measured against: a stable baseline.
+DIVERSITY_REAL = 20
 
 
 # ---------------------------------------------------------------------------------------------- the user's model
@@ -336,6 +342,10 @@ def score_rows(
     grey_rest = grey_to_rgb(to_grey(rest[0]))
     rows: dict[str, dict[str, float]] = {}
     cache: dict[str, Tensor] = {}
+    # Diversity relative to real images': DIVERSITY_REAL other test images per class (fewer in a small test set).
+    per_class = min(DIVERSITY_REAL, int(torch.bincount(rest[1]).min()))
+    baseline = rest[0][real_sample(rest[1], per_class, seed + 2)]
+    real_diversity = [class_diversity(model, baseline) for _, model, _ in references]
     for key, rgb in {"real": real_images[chosen], **renders}.items():
         rgb = as_rgb(rgb)
         row = {"colour_distance": colour_distance(rgb.flatten(0, 1), rest[0])}
@@ -352,6 +362,11 @@ def score_rows(
                 "target_prob": reference_target_prob(rgb, classes, references),
                 "plausibility": scores["plausibility"]["mean"],
                 "spectral_gap": scores["spectral_gap"],
+                "diversity_vs_real": sum(
+                    class_diversity(model, rgb) / real
+                    for (_, model, _), real in zip(references, real_diversity, strict=True)
+                )
+                / len(references),
             }
         else:
             row["spectral_gap"] = spectral_gap(rgb.flatten(0, 1), spectrum)
@@ -369,7 +384,7 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
         columns += [("transfer (refs)", "transfer"), ("target prob (refs)", "target_prob")]
     columns += [("spectral gap", "spectral_gap")]
     if any("plausibility" in row for row in rows.values()):
-        columns += [("plausibility", "plausibility")]
+        columns += [("plausibility", "plausibility"), ("diversity vs real (refs)", "diversity_vs_real")]
     columns += [("colour distance", "colour_distance"), ("render s", "render_seconds")]
 
     def cell(value: float | None, key: str) -> str:
@@ -397,7 +412,9 @@ def picture_sheet(renders: dict[str, Tensor], class_names: Sequence[str], scale:
             groups.append(torch.ones(rgb.shape[0], 1, 3, *rgb.shape[-2:]))
             labels.append("")
         groups.append(as_rgb(rgb))
-        labels += [f"({key}) {i + 1}" if key in "ab" else f"{key} {i + 1}" for i in range(rgb.shape[1])]
+        labels += [
+            f"({key}) {i + 1}" if key in RGB_RENDERS else f"{key} {i + 1}" for i in range(rgb.shape[1])
+        ]
     return labelled_grid(torch.cat(groups, dim=1), list(class_names), labels, scale=scale)
 
 
@@ -413,8 +430,9 @@ def main(argv: list[str] | None = None) -> dict:
     renders: dict[str, Tensor] = {}
     seconds: dict[str, float] = {}
     model, trainer, models["rgb"] = train_or_load("rgb", args.data_dir, out, args.epochs, args)
-    for key, learn in (("a", False), ("b", True)):
-        renders[key], seconds[key] = render_classes(model, trainer, config, learn_basis=learn)
+    for key, (learn, kind) in RGB_RENDERS.items():
+        settings = config.replace(parameterisation=kind)
+        renders[key], seconds[key] = render_classes(model, trainer, settings, learn_basis=learn)
         print(f"rendered ({key}) in {seconds[key]:.0f} s")
     if args.grey_epochs > 0:
         model, trainer, models["grey"] = train_or_load("grey", args.data_dir, out, args.grey_epochs, args)

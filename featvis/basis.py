@@ -89,7 +89,7 @@ class LearnedBasis:
         if ColourTransform.find(getattr(trainer, "datamodule", None), pl_module) is not None:
             return None  # the data's own colour transform is already the basis: renders stay as they were
         loaders = getattr(trainer, "train_dataloader", None)
-        loader = _first_loader(loaders)
+        loader = first_loader(loaders)
         if loader is None and loaders is not None:
             message = f"the training data is a {type(loaders).__name__}, not a torch DataLoader"
             self.warn("basis", f"FeatureVisCallback: no colour basis learned: {message}.", info=True)
@@ -158,20 +158,24 @@ class LearnedBasis:
 
 
 def read_training_images(
-    loader: DataLoader, colour: InputSpace, max_images: int = MAX_IMAGES
+    loader: DataLoader,
+    colour: InputSpace,
+    max_images: int = MAX_IMAGES,
+    max_pixels: int | None = MAX_PIXELS_PER_IMAGE,
 ) -> Tensor | None:
     """Up to ``max_images`` training images of ``loader``'s dataset, mapped back to RGB through ``colour``.
 
     Reads evenly spaced indices of a map-style dataset (the first images of an iterable one) through a private
     loader with ``loader``'s ``collate_fn`` and ``num_workers``; ``loader`` itself, its sampler and its
-    generators are not touched. Images larger than :data:`MAX_PIXELS_PER_IMAGE` pixels keep a regular grid of
-    pixels. The caller forks the global random states (see :func:`forked_random_states`).
+    generators are not touched. Images larger than ``max_pixels`` pixels keep a regular grid of pixels. The caller
+    forks the global random states (see :func:`forked_random_states`).
 
     Args:
         loader: the run's training dataloader; its batches hold model-space images ``(N, C, H, W)`` with the
             input space's C channels, alone or as the first such tensor of a tuple, list or dict.
         colour: the model's input space (RGB in [0, 1], or grey for a 1-channel space, to model space).
         max_images: most images to read.
+        max_pixels: most pixels per image (enough for colour statistics); None keeps whole images (spectra).
 
     Returns:
         ``(N, C, h, w)`` float32 images on the CPU (not clipped): RGB, or grey for a 1-channel space; None when no
@@ -191,7 +195,8 @@ def read_training_images(
         if images is None:
             break
         images = images[: max_images - read].detach().to("cpu", torch.float32)
-        step = math.ceil(math.sqrt(images.shape[-2] * images.shape[-1] / MAX_PIXELS_PER_IMAGE))
+        pixels = images.shape[-2] * images.shape[-1]
+        step = math.ceil(math.sqrt(pixels / max_pixels)) if max_pixels is not None else 1
         parts.append(to_rgb(images[..., ::step, ::step]))
         read += len(images)
         if read >= max_images:
@@ -241,29 +246,35 @@ def range_problem(rgb: Tensor, basis: ColourTransform) -> str | None:
 
 
 @contextmanager
-def forked_random_states(model: nn.Module) -> Iterator[None]:
+def forked_random_states(model: nn.Module, seed: int | None = None) -> Iterator[None]:
     """Restore the global torch (CPU and the model's CUDA device), Python and NumPy random states on exit.
 
     A dataset's random transforms draw from any of them; training must see the same streams as without featvis.
 
     Args:
         model: the network whose CUDA device's generator is saved too.
+        seed: seed the CPU torch, Python and NumPy states inside, so a read through random transforms gives the
+            same images in every process and after a resume; None leaves them as they are.
     """
     python_state, numpy_state = random.getstate(), np.random.get_state()
     try:
         with fork_rng(model):
+            if seed is not None:
+                torch.default_generator.manual_seed(seed)
+                random.seed(seed)
+                np.random.seed(seed % 2**32)
             yield
     finally:
         random.setstate(python_state)
         np.random.set_state(numpy_state)
 
 
-def _first_loader(loaders: object) -> DataLoader | None:
+def first_loader(loaders: object) -> DataLoader | None:
     """The first DataLoader of a trainer's training loaders (one, or a list or dict of them)."""
     if isinstance(loaders, Mapping):
         loaders = list(loaders.values())
     if isinstance(loaders, list | tuple) and loaders:
-        return _first_loader(loaders[0])
+        return first_loader(loaders[0])
     return loaders if isinstance(loaders, DataLoader) else None
 
 
@@ -280,6 +291,7 @@ def _images_in(batch: object, channels: int = 3) -> Tensor | None:
 __all__ = [
     "MAX_IMAGES",
     "LearnedBasis",
+    "first_loader",
     "forked_random_states",
     "private_loader",
     "range_problem",

@@ -90,7 +90,8 @@ class FeatureVisCallback(Callback):
         channels: channel indices of ``layer``; None takes the first ``min(10, channels)`` channels.
         neuron: render the centre neuron of each channel instead of the channel's mean activation.
         config: the render settings (steps, learning rate, images per target, ...); see ``RenderConfig``. With
-            ``parameterisation="phase"`` the pictures keep training images' spectra (``split("train")``).
+            ``parameterisation="phase"`` the pictures keep the spectra of training images: the datamodule's
+            ``split("train")``, else the run's training dataloader's (read once, seeded).
         sheets: hidden-unit channel sheets (``SheetConfig``: layers, channels or an automatic choice of ``k``,
             top dataset examples): logged as ``<prefix>/channels/<layer>`` beside the class render; None: off.
         budget_seconds: seconds per epoch for all featvis work: steps scaled, then sheet layers skipped, to fit
@@ -161,7 +162,6 @@ class FeatureVisCallback(Callback):
         self._budget = TimeBudget(budget_seconds)  # its measured costs are saved in checkpoints too
         self._run: dict[str, Any] = {}  # image size and class names as rendered, for `featvis render`
         self._resumed = False  # set by load_state_dict: prune the PNG folders the checkpoint does not cover
-        self._spectra: Tensor | None = None  # training images whose spectra "phase" renders keep (at setup)
 
     # ------------------------------------------------------------------ Lightning plumbing
 
@@ -177,21 +177,16 @@ class FeatureVisCallback(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         tags = [t.tag for t in self._targets] if self._targets is not None else None
-        state: dict[str, Any] = {
-            "format": _STATE_FORMAT,
-            "seed": self.config.seed,
-            "every_n_epochs": self.every_n_epochs,
-        }
+        state: dict[str, Any] = {"format": _STATE_FORMAT, "seed": self.config.seed}
         # What `featvis render --model-class` needs to render this checkpoint as the run did.
         convention = self.convention.to_state() if self.convention is not None else None
         run = {"convention": convention, "settings": self.config.plain()} | self._run
         sheets = self._sheets.state_dict() if self._sheets is not None else {}
-        state |= {"render": run, "budget": self._budget.state_dict()}
+        state |= {"render": run, "budget": self._budget.state_dict(), "every_n_epochs": self.every_n_epochs}
         return state | self._timeline.state_dict(tags) | self._basis.state_dict() | sheets
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get("format") != _STATE_FORMAT:
-            found = state_dict.get("format")
+        if (found := state_dict.get("format")) != _STATE_FORMAT:
             return self._warn("state", f"FeatureVisCallback: ignoring checkpoint state of format {found}.")
         # The saved seed wins, so the resumed run draws the same noise and augmentations as before.
         self.config = self.config.replace(seed=int(state_dict["seed"]))
@@ -209,10 +204,8 @@ class FeatureVisCallback(Callback):
             if name is not None:
                 resolve_layer(pl_module, name)  # unknown layer -> ValueError naming the closest layers
         self._targets_for(trainer, pl_module)  # bad classes, channels or layers fail now, not after an epoch
-        size, data = self._size(trainer, pl_module), getattr(trainer, "datamodule", None)
-        self._spectra = self._scorer.spectra(self.config, data, size)  # "phase" without split("train") fails
         if self._sheets is not None:
-            self._sheets.check(pl_module, size, self._spectra)
+            self._sheets.check(pl_module, self._size(trainer, pl_module))
         self._scorer.setup()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -225,6 +218,9 @@ class FeatureVisCallback(Callback):
         if self._budget.active and not self._budget.measured("classes"):  # a 2-step render; all ranks join
             self._budget.calibrate("classes", lambda steps: self.render(pl_module, trainer, steps)["seconds"])
         self._budget.check(self.config.steps)  # a budget too small fails now, before training (no-op without)
+        # "phase" with no training images to take spectra from fails now, before training.
+        size = RenderConfig(image_size=self._size(trainer, pl_module)).size
+        self._scorer.spectra(self.config, trainer, pl_module, self._colour(trainer, pl_module), size)
         epoch = trainer.current_epoch
         if epoch == 0 and not self.render_before_training:
             return
@@ -288,7 +284,8 @@ class FeatureVisCallback(Callback):
             # Collective under DDP (rank 0 fits, the others take its basis): every rank calls it.
             basis = self._basis.get(trainer, pl_module, self.space) if self.learn_basis else None
             colour, objectives = self._colour(trainer, pl_module), [t.objective for t in mine]
-            draw = partial(render, config=config, colour=colour, basis=basis, spectra=self._spectra)
+            spectra = self._scorer.spectra(self.config, trainer, pl_module, colour, config.size)
+            draw = partial(render, config=config, colour=colour, basis=basis, spectra=spectra)
             result = draw(pl_module, objectives) if mine else None
             device, k = device_and_dtype(pl_module)[0], config.images_per_target
             out = gather_render(trainer, result, per_rank, len(targets), k, config.size, device)  # every rank
@@ -337,8 +334,9 @@ class FeatureVisCallback(Callback):
         # Steps: the budget's if it scaled them, else the sheets' own (warm, or cold when stale). Automatic
         # channel choices are kept once the model has trained (see featvis.hidden), not at step 0.
         steps, keep = plan.sheet_steps if plan.scale < 1 else None, epoch > 0
+        spectra = self._scorer.spectra(self.config, trainer, module, colour, config.size)  # "phase" only
         out = self._sheets.render(
-            module, colour, basis, config, keep=keep, epoch=epoch, steps=steps, layers=plan.layers
+            module, colour, basis, config, spectra, keep=keep, epoch=epoch, steps=steps, layers=plan.layers
         )
         for info in out.values():
             self._warn(f"sheet:{info['tags']}", f"FeatureVisCallback: sheet of {info['tags']}", info=True)

@@ -156,7 +156,6 @@ class ChannelSheets:
         self.config = config if config is not None else SheetConfig()
         self.warn = warn if warn is not None else UserWarnOnce()
         self.layers: list[str] | None = None  # resolved by check()
-        self.spectra: Tensor | None = None  # training images for phase-only renders, given to check()
         self.probe: ProbeSet | None = None
         self.channels: dict[str, list[int]] = {}  # chosen (or listed) channels per layer
         self._previous: dict[str, Tensor] = {}  # last render's probe activations, for the "change" rule
@@ -168,15 +167,12 @@ class ChannelSheets:
         # What setup() reads the probe set from: (source, colour, seed); read again after a late restore.
         self._source: tuple[Any, InputSpace | None, int] | None = None
 
-    def check(
-        self, model: nn.Module, size: int | tuple[int, int], spectra: Tensor | None = None
-    ) -> list[str]:
+    def check(self, model: nn.Module, size: int | tuple[int, int]) -> list[str]:
         """Resolve and validate the layers against ``model`` (cheap: one probe image per layer).
 
         Args:
             model: the model whose layers are shown.
             size: the image size of the renders.
-            spectra: training images whose amplitude spectra phase-only renders keep (kept for :meth:`render`).
 
         Returns:
             The layer names, ``"auto"`` replaced by the layer it stands for.
@@ -186,7 +182,6 @@ class ChannelSheets:
                 layer without ``(N, C, H, W)`` outputs, or more channels than a layer has.
         """
         config, layers = self.config, []
-        self.spectra = spectra if spectra is not None else self.spectra
         for name in config.layers:
             layer = resolve_layer_name(model, name, size)
             width = layer_width(model, layer, size)
@@ -260,6 +255,7 @@ class ChannelSheets:
         colour: InputSpace | None,
         basis: ColourTransform | None = None,
         config: RenderConfig | None = None,
+        spectra: Tensor | None = None,
         *,
         scale: int | None = None,
         keep: bool = True,
@@ -275,6 +271,8 @@ class ChannelSheets:
             basis: the colour basis to optimise in, when it differs from ``colour``.
             config: the render settings (its ``image_size`` is the render's); ``images_per_target`` is replaced
                 by ``images_per_channel``.
+            spectra: training images ``(M, 3, h, w)`` in [0, 1] whose amplitude spectra a phase-only render keeps
+                (``config.parameterisation == "phase"``); see :func:`featvis.engine.render`.
             scale: upsampling factor of the composed sheet; None picks ``max(1, 128 // size)``.
             keep: keep an automatic choice made now for the later renders (all rules but ``"change"``); False
                 chooses for this render only, e.g. for the untrained model before training.
@@ -327,7 +325,7 @@ class ChannelSheets:
             steps = self.next_steps(config, warm is not None)
         config = config.replace(steps=steps)
         result = render(
-            model, objectives, config=config, colour=colour, basis=basis, start=warm, spectra=self.spectra
+            model, objectives, config=config, colour=colour, basis=basis, start=warm, spectra=spectra
         )
         if cfg.warm_start and result.parameters is not None:
             self._warm.record(tags, signature, result.parameters, result.rgb.flatten(0, 1), measure)

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from featvis.colour import ColourTransform
+from featvis.basis import first_loader, forked_random_states, read_training_images
+from featvis.colour import ColourTransform, InputSpace
 from featvis.engine import RenderConfig, fork_rng
 from featvis.outputs import WarnOnce
 from featvis.quality import RGBInput, reference_spectrum, score_render
@@ -22,6 +24,9 @@ from featvis.quality import RGBInput, reference_spectrum, score_render
 #: Training images the spectrum and the colour statistics are computed from (evenly spaced): stable means, in a
 #: fraction of a second.
 SPECTRUM_IMAGES = 5000
+#: Training images a drop-in run reads from its dataloader for phase-only renders, which draw one spectrum per
+#: rendered image: plenty of choice, and whole images stay small in memory (about 77 MB as uint8 at 224 px).
+SPECTRA_IMAGES = 512
 
 
 class RunScorer:
@@ -46,6 +51,7 @@ class RunScorer:
         self._reference: nn.Module | None = None
         self._spectrum: Tensor | None = None
         self._colours: Tensor | None = None  # uint8 training images for colour_distance; empty without them
+        self._spectra: Tensor | None = None  # float training images for phase-only renders, read once
 
     @property
     def active(self) -> bool:
@@ -61,26 +67,40 @@ class RunScorer:
         elif isinstance(self.reference_model, nn.Module):
             self._reference = self.reference_model
 
-    def spectra(self, config: RenderConfig, datamodule: Any, size: int | tuple[int, int]) -> Tensor | None:
+    def spectra(
+        self, config: RenderConfig, trainer: Any, model: nn.Module, space: InputSpace, size: tuple[int, int]
+    ) -> Tensor | None:
         """The training images (RGB in [0, 1]) whose amplitude spectra a phase-only render keeps; None for other
-        parameterisations. They are the sample the metrics compare with, read once per run.
+        parameterisations. Read once per run: the datamodule's ``split("train")`` (the sample the metrics compare
+        with) when it has one of the render's size, else the run's training dataloader (a drop-in run).
+
+        Args:
+            config: the render settings (its ``parameterisation`` and ``seed`` are used).
+            trainer: the Lightning trainer (its datamodule or ``train_dataloader``), or None.
+            model: the rendered model (its device's random state is forked around the read).
+            space: the model's input space; the loader's images go back to RGB through it.
+            size: ``(height, width)`` of the renders.
 
         Raises:
-            ValueError: ``parameterisation="phase"`` without a datamodule whose ``split("train")`` gives RGB
-                images of the render's size.
+            ValueError: ``parameterisation="phase"`` and neither source gives images.
         """
         if config.parameterisation != "phase":
             return None
-        size = (size, size) if isinstance(size, int) else size
-        self._spectrum_for(datamodule, torch.Size(size))
-        if self._colours is None or not len(self._colours):
-            raise ValueError(
-                f"parameterisation='phase' keeps training images' spectra, and the callback reads {size[0]}x"
-                f"{size[1]} RGB images from the datamodule's split('train'), which this run does not have; use "
-                "'fourier' (the default)."
-            )
-        images = self._colours
-        return images.float().div(255) if images.dtype == torch.uint8 else images.float()
+        if self._spectra is None:
+            datamodule = getattr(trainer, "datamodule", None)
+            if callable(getattr(datamodule, "split", None)):
+                self._spectrum_for(datamodule, torch.Size(size))
+            images = self._colours if self._colours is not None and len(self._colours) else None
+            if images is None:
+                images = _loader_images(trainer, model, space, size, config.seed)
+            if images is None:
+                raise ValueError(
+                    "parameterisation='phase' keeps training images' spectra, and this run has neither a "
+                    "datamodule with split('train') nor a training DataLoader whose batches hold (N, "
+                    f"{space.channels}, H, W) image tensors; use 'fourier' (the default)."
+                )
+            self._spectra = images.float().div(255) if images.dtype == torch.uint8 else images.float()
+        return self._spectra
 
     def scores(
         self, rgb: Tensor, classes: list[int | None], model: nn.Module, colour: Any, datamodule: Any
@@ -131,6 +151,27 @@ def training_sample(images: Tensor) -> Tensor:
     return images[:: max(1, images.shape[0] // SPECTRUM_IMAGES)][:SPECTRUM_IMAGES]
 
 
+def _loader_images(
+    trainer: Any, model: nn.Module, space: InputSpace, size: tuple[int, int], seed: int
+) -> Tensor | None:
+    """Up to :data:`SPECTRA_IMAGES` whole training images of the run's dataloader, mapped back to RGB in [0, 1] and
+    resized to ``size`` (grey for a 1-channel space, repeated to 3 channels); None without a loader of images.
+
+    The read is seeded with the render seed, so random training transforms give the same images on every rank
+    and after a resume: the renders of a resumed run match those of an uninterrupted one.
+    """
+    loader = first_loader(getattr(trainer, "train_dataloader", None))
+    if loader is None:
+        return None
+    with forked_random_states(model, seed):
+        images = read_training_images(loader, space, SPECTRA_IMAGES, max_pixels=None)
+    if images is None:
+        return None
+    if tuple(images.shape[-2:]) != tuple(size):
+        images = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return images.clamp(0, 1).expand(-1, 3, -1, -1).mul(255).round().to(torch.uint8)
+
+
 def _train_statistics(datamodule: Any, size: tuple[int, ...], warn: WarnOnce) -> tuple[Tensor, Tensor]:
     """Radial log spectrum and colour sample of (up to :data:`SPECTRUM_IMAGES`) training images; empty without."""
     split = getattr(datamodule, "split", None)
@@ -144,4 +185,4 @@ def _train_statistics(datamodule: Any, size: tuple[int, ...], warn: WarnOnce) ->
     return torch.empty(0), torch.empty(0)
 
 
-__all__ = ["SPECTRUM_IMAGES", "RunScorer", "training_sample"]
+__all__ = ["SPECTRA_IMAGES", "SPECTRUM_IMAGES", "RunScorer", "training_sample"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from helpers import (
@@ -28,7 +30,7 @@ from helpers import (
     read_scalars,
 )
 from lightning.pytorch.loggers import CSVLogger
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 import featvis.basis
 from featvis import images as img
@@ -36,6 +38,8 @@ from featvis.callback import FeatureVisCallback
 from featvis.colour import ColourTransform, InputConvention
 from featvis.engine import RenderConfig
 from featvis.hidden import SheetConfig
+from featvis.outputs import WarnOnce
+from featvis.scoring import RunScorer
 
 # TinyClassifier: 48 training samples in batches of 16, so every epoch ends 3 global steps after the last one.
 BATCHES = -(-TinyClassifier().samples // 16)
@@ -450,7 +454,7 @@ def test_state_dict_round_trip():
 # ---------------------------------------------------------------------------------------------- featvis's own model
 
 
-def test_phase_only_renders_keep_the_training_images_contrast_and_need_a_training_split(tmp_path, cifar_dir):
+def test_phase_only_renders_keep_the_training_images_contrast(tmp_path, cifar_dir):
     from featvis import CIFARDataModule, ClassifierModule
 
     datamodule = CIFARDataModule(data_dir=str(cifar_dir), batch_size=50, download=False)
@@ -471,12 +475,7 @@ def test_phase_only_renders_keep_the_training_images_contrast_and_need_a_trainin
     # amplitude spectra of training images, so their contrast in the whitened space is of a photograph's order.
     assert contrast["fourier"] < 0.2 < 0.5 < contrast["phase"] < 2.0, contrast
 
-    # Without a datamodule that has split("train") there are no training images: it fails before training.
-    callback = FeatureVisCallback(config=FAST.replace(parameterisation="phase"))
-    with pytest.raises(
-        ValueError, match=r"parameterisation='phase' keeps training images' spectra.*'fourier'"
-    ):
-        make_trainer(tmp_path / "tiny", [callback], epochs=1).fit(TinyClassifier())
+    # Without a datamodule that has split("train"), the training loader's images are read instead (below).
 
 
 def test_classifier_module_with_cifar_datamodule(tmp_path, cifar_dir):
@@ -618,6 +617,58 @@ def test_training_is_bitwise_identical_with_and_without_a_learned_basis(tmp_path
         assert torch.equal(weights_a[key], weights_b[key]), key
     for index, state in optim_a["state"].items():
         assert torch.equal(state["momentum_buffer"], optim_b["state"][index]["momentum_buffer"])
+
+
+def test_phase_renders_of_a_drop_in_run_take_training_images_from_its_loader(tmp_path):
+    weights_a, _ = _plain_final_state(tmp_path / "a", [])
+    phase = FAST.replace(parameterisation="phase")
+    callback = FeatureVisCallback(normalization_mean=RGB_MEAN, normalization_std=RGB_STD, config=phase)
+    weights_b, _ = _plain_final_state(tmp_path / "b", [callback])
+    for key in weights_a:  # the seeded read of the jittered dataset left the global random states alone
+        assert torch.equal(weights_a[key], weights_b[key]), key
+    # What was read: the loader's images in dataset order, mapped back to RGB through the normalisation (up to the
+    # dataset's 2e-3 jitter and 8-bit rounding).
+    images = PlainRGB()._data(0).tensors[0]
+    rgb = images * torch.tensor(RGB_STD).view(1, 3, 1, 1) + torch.tensor(RGB_MEAN).view(1, 3, 1, 1)
+    read = callback._scorer._spectra
+    assert read.shape == rgb.shape and float((read - rgb.clamp(0, 1)).abs().max()) < 0.5 / 255 + 2.5e-3
+
+    # The read is seeded: a fresh scorer reads the same images, whatever the global random states.
+    model = PlainRGB(jitter=True)
+    trainer = make_trainer(tmp_path / "c", [], epochs=1, logger=False, enable_checkpointing=False)
+    trainer.fit(model)
+    size, space = (SIZE, SIZE), callback.space
+    reads = []
+    for state in (1, 2):
+        torch.manual_seed(state), random.seed(state), np.random.seed(state)  # what the jitter draws from
+        reads.append(RunScorer(False, None, 0, WarnOnce()).spectra(phase, trainer, model, space, size))
+    assert torch.equal(reads[0], reads[1])
+
+    # Two steps from the small random start: 1/f pictures are nearly flat, phase-only ones carry the training
+    # images' amplitude spectra, so their pixel contrast is of the training images' order.
+    contrast = {}
+    for kind in ("fourier", "phase"):
+        config = FAST.replace(parameterisation=kind)
+        drop_in = FeatureVisCallback(normalization_mean=RGB_MEAN, normalization_std=RGB_STD, config=config)
+        contrast[kind] = float(drop_in.render(model, trainer)["rgb"].std(dim=(-2, -1)).mean())
+    real = float(rgb.clamp(0, 1).std(dim=(-2, -1)).mean())
+    assert contrast["fourier"] < 0.3 * real < 0.5 * real < contrast["phase"] < 2 * real, (contrast, real)
+
+
+class _NoImages(TinyClassifier):
+    """Trains on (N, 5) feature rows: its loader holds no images to take spectra from."""
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(torch.randn(16, 5), torch.zeros(16, dtype=torch.long)), batch_size=8)
+
+
+def test_phase_renders_without_training_images_fail_before_training(tmp_path):
+    callback = FeatureVisCallback(config=FAST.replace(parameterisation="phase"), render_before_training=False)
+    # Training on these rows would fail in the first conv; the callback fails first, with the fix.
+    with pytest.raises(
+        ValueError, match=r"parameterisation='phase' .*\(N, 3, H, W\) image tensors; use 'fourier'"
+    ):
+        make_trainer(tmp_path, [callback], epochs=1).fit(_NoImages())
 
 
 @pytest.mark.parametrize("factor", [0.1, 10.0])

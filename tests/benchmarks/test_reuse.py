@@ -42,25 +42,33 @@ def test_table_has_every_row_with_finite_numbers(run):
     table = (run["out"] / "table.md").read_text()
     for label in reuse.ROWS.values():
         assert f"| {label} |" in table
-    for title in ("transfer (refs)", "target prob (refs)", "plausibility", "spectral gap", "colour distance"):
+    titles = ("transfer (refs)", "target prob (refs)", "plausibility", "diversity vs real (refs)")
+    for title in (*titles, "spectral gap", "colour distance"):
         assert title in table
     rows = json.loads(run["json"].read_text())["rows"]
     assert set(rows) == set(reuse.ROWS)
     for key, row in rows.items():
-        names = ["transfer", "target_prob", "plausibility", "spectral_gap", "colour_distance"]
+        names = [
+            "transfer",
+            "target_prob",
+            "plausibility",
+            "spectral_gap",
+            "colour_distance",
+            "diversity_vs_real",
+        ]
         names += [] if key == "real" else ["render_seconds", "test_accuracy"]
         for name in names:
             assert math.isfinite(row[name]), (key, name, row[name])
         assert 0 <= row["transfer"] <= 1 and 0 < row["target_prob"] < 1
     # Real test images against other real test images: far closer in colour and spectrum than 2-step renders.
-    for key in ("a", "b"):
+    for key in ("a", "b", "c"):
         assert rows["real"]["colour_distance"] < rows[key]["colour_distance"]
         assert rows["real"]["spectral_gap"] < rows[key]["spectral_gap"]
 
 
 def test_learned_basis_changes_the_images_and_grey_stays_grey(run):
     renders = torch.load(run["out"] / "renders.pt")
-    assert set(renders) == {"a", "b", "grey"}
+    assert set(renders) == {"a", "b", "c", "grey"}
     for rgb in renders.values():
         assert rgb.shape == (10, PER_CLASS, 3, 32, 32)
         assert float(rgb.min()) >= 0 and float(rgb.max()) <= 1
@@ -69,9 +77,12 @@ def test_learned_basis_changes_the_images_and_grey_stays_grey(run):
     grey = renders["grey"]
     assert torch.equal(grey[:, :, 0], grey[:, :, 1]) and torch.equal(grey[:, :, 0], grey[:, :, 2])
     assert float(grey.std()) > 0
-    # The sheet: 3 groups of 4 tiles (96 px at scale 3) plus two blank columns, classes down.
+    # Phase-only pictures keep training images' spectra: after one step from the small start they carry far
+    # more contrast than the 1/f ones in the same basis.
+    assert float(renders["c"].std(dim=(-2, -1)).mean()) > 3 * float(renders["b"].std(dim=(-2, -1)).mean())
+    # The sheet: 4 groups of PER_CLASS tiles (96 px at scale 3) plus three blank columns, classes down.
     sheet = load_png(run["out"] / "reuse_sheet.png")
-    tiles = 3 * PER_CLASS + 2
+    tiles = 4 * PER_CLASS + 3
     assert sheet.shape[-1] > tiles * 96 and sheet.shape[-2] > 10 * 96
 
 
@@ -88,11 +99,12 @@ def test_rerun_restores_the_cached_models(run, tmp_path, capsys):
     )
     assert "rgb model: restored" in capsys.readouterr().out
     assert result["models"]["rgb"] == run["result"]["models"]["rgb"]
-    assert set(result["rows"]) == {"real", "a", "b"}
+    assert set(result["rows"]) == {"real", "a", "b", "c"}
     # Same seed, same restored weights: the same images, the learned basis included.
     first, again = torch.load(run["out"] / "renders.pt"), torch.load(out / "renders.pt")
-    assert set(again) == {"a", "b"}
-    assert torch.equal(first["a"], again["a"]) and torch.equal(first["b"], again["b"])
+    assert set(again) == {"a", "b", "c"}
+    for key in again:  # the phase-only render's training images too: their read is seeded
+        assert torch.equal(first[key], again[key]), key
 
 
 def test_table_without_references_has_no_reference_columns():
