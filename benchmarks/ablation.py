@@ -59,15 +59,30 @@ ALTERNATIVES: list[tuple[str, dict[str, Any]]] = [
 ]
 #: Training images whose amplitude spectra the phase-only rows keep (drawn with the ablation's seed).
 SPECTRA_IMAGES = 2000
+#: Real test images per class the within-class diversity is compared with.
+DIVERSITY_REAL = 20
+
+
+#: Weights of the diversity term on phase-only pictures, as multiples of ``--diversity-weight``: the trade-off
+#: between within-class diversity and recognisability.
+DIVERSITY_SCALES = (1.0, 4.0)
 
 
 def variants(diversity_layer: str, diversity_weight: float) -> list[tuple[str, dict[str, Any]]]:
     """The cumulative settings of the ablation, ending with the diversity term on ``diversity_layer``, then the
-    alternatives to the defaults."""
+    alternatives to the defaults, then phase-only pictures with the diversity term at growing weights."""
     defaults = VARIANTS[-1][1]
-    last = dict(defaults, diversity_layer=diversity_layer, diversity_weight=diversity_weight)
+    diverse = {"diversity_layer": diversity_layer, "diversity_weight": diversity_weight}
     alternatives = [(name, dict(defaults, **change)) for name, change in ALTERNATIVES]
-    return [*VARIANTS, ("+ diversity", last), *alternatives]
+    phase = [
+        (
+            f"phase-only + diversity term (weight {diversity_weight * scale:g})",
+            dict(defaults, **diverse)
+            | {"parameterisation": "phase", "diversity_weight": diversity_weight * scale},
+        )
+        for scale in DIVERSITY_SCALES
+    ]
+    return [*VARIANTS, ("+ diversity", dict(defaults, **diverse)), *alternatives, *phase]
 
 
 def quantise(rgb: Tensor) -> Tensor:
@@ -86,6 +101,7 @@ def run_ablation(
     k: int = 10,
     log=print,
     spectra: Tensor | None = None,
+    only: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Render and score every variant.
 
@@ -101,18 +117,25 @@ def run_ablation(
         k: nearest real neighbours of the plausibility.
         log: receives one line per finished row; None is silent.
         spectra: training images (RGB in [0, 1]) whose amplitude spectra the phase-only rows keep.
+        only: render only the rows whose name contains one of these; None: all.
 
     Returns:
         One dict per row: ``name``, ``settings``, ``seconds``, ``transfer``, ``transfer_per_model``,
-        ``spectral_gap``, ``plausibility``, ``robustness`` (under the visualised model), ``mean_value`` (final
-        objective).
+        ``spectral_gap``, ``plausibility``, ``colour_distance``, ``diversity`` (in the visualised model's
+        features), ``diversity_vs_real`` (in the references' features, relative to :data:`DIVERSITY_REAL` real
+        test images per class; NaN without references), ``robustness`` (under the visualised model),
+        ``mean_value`` (final objective).
     """
     config = RenderConfig() if config is None else config
     render(model, config=config.replace(steps=2))  # warm-up, so the first row's time is not the allocator's
     spectrum = reference_spectrum(real_images, real_images.shape[-1])
     cache: dict[str, Tensor] = {}
+    baseline = real_images[common.first_per_class(real_labels, DIVERSITY_REAL)]
+    real_diversity = [common.class_diversity(ref, baseline) for _, ref, _ in references]
     rows = []
     for name, settings in variants(diversity_layer, diversity_weight):
+        if only and not any(part in name for part in only):
+            continue
         result = render(model, config=config.replace(**settings), spectra=spectra)
         classes = [target.index for target in result.targets]
         scores = common.quality_scores(
@@ -135,6 +158,13 @@ def run_ablation(
             "plausibility": scores["plausibility"]["mean"],
             "colour_distance": scores["colour_distance"],
             "diversity": scores["diversity"],
+            "diversity_vs_real": sum(
+                common.class_diversity(ref, quantise(result.rgb)) / real
+                for (_, ref, _), real in zip(references, real_diversity, strict=True)
+            )
+            / len(references)
+            if references
+            else float("nan"),
             "robustness": scores["robustness"],
             "mean_value": float(result.values.mean()),
         }
@@ -150,15 +180,15 @@ def run_ablation(
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The rows as a Markdown table."""
     lines = [
-        "| setting | transfer accuracy | spectral gap | plausibility | colour distance | diversity | robustness "
-        "| render time |",
-        "| - | -: | -: | -: | -: | -: | -: | -: |",
+        "| setting | transfer accuracy | spectral gap | plausibility | colour distance | diversity "
+        "| diversity vs real (refs) | robustness | render time |",
+        "| - | -: | -: | -: | -: | -: | -: | -: | -: |",
     ]
     for row in rows:
         lines.append(
             f"| {row['name']} | {row['transfer']:.3f} | {row['spectral_gap']:.3f} | {row['plausibility']:.2f} "
-            f"| {row['colour_distance']:.3f} | {row['diversity']:.2f} | {row['robustness']:.2f} "
-            f"| {row['seconds']:.1f} s |"
+            f"| {row['colour_distance']:.3f} | {row['diversity']:.2f} | {row['diversity_vs_real']:.2f} "
+            f"| {row['robustness']:.2f} | {row['seconds']:.1f} s |"
         )
     return "\n".join(lines)
 
@@ -184,6 +214,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--images-per-target", type=int, default=RenderConfig.images_per_target)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--k", type=int, default=10, help="nearest neighbours of the plausibility")
+    parser.add_argument("--only", nargs="*", help="render only the rows whose name contains one of these")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args(argv)
 
@@ -204,6 +235,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         RenderConfig(steps=args.steps, images_per_target=args.images_per_target, seed=args.seed),
         args.k,
         spectra=spectra,
+        only=args.only,
     )
     print()
     names = ", ".join(name for name, _, _ in references) or "none"

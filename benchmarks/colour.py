@@ -81,13 +81,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     model = load_classifier(args.ckpt).eval()
     real, labels, _ = common.real_test_set(args.data_dir)
-    shown = {0: real[_per_class(labels, 4)]}  # column group -> (classes, 4, 3, H, W)
+    shown = {0: real[common.first_per_class(labels, 4)]}  # column group -> (classes, 4, 3, H, W)
     rgb_model = RGBInput(model.net, model.colour)
 
     def diversity(images: Tensor) -> float:  # (classes, K, 3, H, W), within each class
         return common.class_diversity(rgb_model, images)
 
-    real_diversity = diversity(real[_per_class(labels, 20)])
+    real_diversity = diversity(real[common.first_per_class(labels, 20)])
     real = real[:1000]
     spectrum = reference_spectrum(real, real.shape[-1])
     train, _ = read_split(cifar_folder(args.data_dir), train=True)
@@ -142,13 +142,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         save_png(labelled_grid(tiles, model.class_names, columns, scale=3), args.sheet)
         print(f"wrote {args.sheet}")
     return rows
-
-
-def _per_class(labels: Tensor, count: int) -> Tensor:
-    """Indices of the first ``count`` test images of each class (fewer if a class has fewer), ``(classes, n)``."""
-    classes = range(int(labels.max()) + 1)
-    count = min(count, *(int((labels == c).sum()) for c in classes))
-    return torch.stack([(labels == c).nonzero().flatten()[:count] for c in classes])
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:

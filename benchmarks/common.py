@@ -191,6 +191,13 @@ def quality_scores(
     return result
 
 
+def first_per_class(labels: Tensor, count: int) -> Tensor:
+    """Indices of the first ``count`` test images of each class (fewer if a class has fewer), ``(classes, n)``."""
+    classes = range(int(labels.max()) + 1)
+    count = min(count, *(int((labels == c).sum()) for c in classes))
+    return torch.stack([(labels == c).nonzero().flatten()[:count] for c in classes])
+
+
 def class_diversity(model: nn.Module, images: Tensor) -> float:
     """Within-class diversity of ``(classes, K, 3, H, W)`` RGB images: :func:`featvis.quality.feature_diversity`
     (mean cosine distance between a class's images) in ``model``'s penultimate features."""

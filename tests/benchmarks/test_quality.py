@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -335,13 +336,28 @@ def test_ablation_renders_every_variant_and_scores_it(bigger_cifar, ref_paths, t
             "diversity_layer",
             "diversity_weight",
         }
-    assert [changed(rows[3], row) for row in rows[cumulative:]] == [{"parameterisation"}]
+    alternatives = len(ablation.ALTERNATIVES)
+    assert [changed(rows[3], row) for row in rows[cumulative : cumulative + alternatives]] == [
+        {"parameterisation"}
+    ]
+    # The trade-off rows: phase-only pictures with the diversity term at growing weights.
+    trade = rows[cumulative + alternatives :]
+    assert [row["settings"]["diversity_weight"] for row in trade] == [
+        2.0 * s for s in ablation.DIVERSITY_SCALES
+    ]
+    assert all(
+        changed(rows[3], row) == {"parameterisation", "diversity_layer", "diversity_weight"} for row in trade
+    )
     for row in rows:
         assert 0.0 <= row["transfer"] <= 1.0 and row["spectral_gap"] > 0 and row["seconds"] > 0
         assert 0.0 <= row["robustness"] <= 1.0 and row["colour_distance"] > 0 and row["diversity"] > 0
+        # In the references' features, relative to real images' (the tiny references barely tell these apart).
+        assert row["diversity_vs_real"] > 0.0 and math.isfinite(row["diversity_vs_real"])
         assert set(row["transfer_per_model"]) == {"preact_resnet_seed0", "vgg_avg_seed1"}
+    # The diversity term pushes a class's pictures apart in the references' features too.
+    assert trade[-1]["diversity_vs_real"] > rows[cumulative]["diversity_vs_real"]
     # The phase-only row keeps real images' amplitude spectra: its images differ from the 1/f defaults'.
-    assert rows[-1]["colour_distance"] != rows[3]["colour_distance"]
+    assert rows[cumulative]["colour_distance"] != rows[3]["colour_distance"]
     assert "| defaults, phase-only spectra of training images |" in printed
     # Fourier images have another spectrum than pixel images from the same start and steps.
     assert rows[2]["spectral_gap"] != rows[1]["spectral_gap"]
