@@ -51,7 +51,7 @@ class RunScorer:
         self._reference: nn.Module | None = None
         self._spectrum: Tensor | None = None
         self._colours: Tensor | None = None  # uint8 training images for colour_distance; empty without them
-        self._spectra: Tensor | None = None  # float training images for phase-only renders, read once
+        self._spectra: Tensor | None = None  # training images for phase-only renders (uint8), read once
 
     @property
     def active(self) -> bool:
@@ -99,8 +99,9 @@ class RunScorer:
                     "datamodule with split('train') nor a training DataLoader whose batches hold (N, "
                     f"{space.channels}, H, W) image tensors; use 'fourier' (the default)."
                 )
-            self._spectra = images.float().div(255) if images.dtype == torch.uint8 else images.float()
-        return self._spectra
+            self._spectra = images
+        images = self._spectra  # kept as they came (8-bit: a quarter of float32's memory), handed out as floats
+        return images.float().div(255) if images.dtype == torch.uint8 else images.float()
 
     def scores(
         self, rgb: Tensor, classes: list[int | None], model: nn.Module, colour: Any, datamodule: Any

@@ -630,7 +630,7 @@ def test_phase_renders_of_a_drop_in_run_take_training_images_from_its_loader(tmp
     # dataset's 2e-3 jitter and 8-bit rounding).
     images = PlainRGB()._data(0).tensors[0]
     rgb = images * torch.tensor(RGB_STD).view(1, 3, 1, 1) + torch.tensor(RGB_MEAN).view(1, 3, 1, 1)
-    read = callback._scorer._spectra
+    read = callback._scorer._spectra.float() / 255
     assert read.shape == rgb.shape and float((read - rgb.clamp(0, 1)).abs().max()) < 0.5 / 255 + 2.5e-3
 
     # The read is seeded: a fresh scorer reads the same images, whatever the global random states.
