@@ -65,7 +65,7 @@ DIVERSITY_REAL = 20
 
 #: Weights of the diversity term on phase-only pictures, as multiples of ``--diversity-weight``: the trade-off
 #: between within-class diversity and recognisability.
-DIVERSITY_SCALES = (1.0, 4.0)
+DIVERSITY_SCALES = (1.0, 2.0, 3.0, 4.0)
 
 
 def variants(diversity_layer: str, diversity_weight: float) -> list[tuple[str, dict[str, Any]]]:

@@ -19,8 +19,11 @@ Run from the repository root::
 
     python -m benchmarks.colour --ckpt <epoch ckpt> --data-dir ../shared/cifar10 [--sheet sheet.png]
 
-``--sheet`` writes a picture sheet, one class per row: four real test images, the defaults' four pictures and
-the phase-only (``SPECTRA_LIMIT``) row's four.
+The last row adds the diversity term (``--diversity-layer``, ``--diversity-weight``, default ``net.group2`` at 5,
+the weight at which the ablation's diversity passes half of real images') to the phase-only defaults.
+
+``--sheet`` writes a picture sheet, one class per row: four real test images, the defaults' four pictures, the
+phase-only (``SPECTRA_LIMIT``) row's four and the last row's four.
 """
 
 from __future__ import annotations
@@ -46,13 +49,14 @@ from featvis.quality import (
 )
 
 # (row label, RenderConfig settings, colour limit of the phase-only spectra or None).
+PHASE: dict[str, Any] = {"parameterisation": "phase"}
 ROWS: list[tuple[str, dict[str, Any], float | None]] = [
     ("defaults (1/f Fourier, lr 0.005)", {}, None),
     ("lr x2", {"lr": 0.01}, None),
     ("lr x4", {"lr": 0.02}, None),
-    ("phase-only, limit half an 8-bit level", {"parameterisation": "phase"}, 0.5 / 255),
-    ("phase-only, limit 0.05 (SPECTRA_LIMIT)", {"parameterisation": "phase"}, 0.05),
-    ("phase-only, limit 0.1", {"parameterisation": "phase"}, 0.1),
+    ("phase-only, limit half an 8-bit level", PHASE, 0.5 / 255),
+    ("phase-only, limit 0.05 (SPECTRA_LIMIT)", PHASE, 0.05),
+    ("phase-only, limit 0.1", PHASE, 0.1),
 ]
 
 
@@ -76,7 +80,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--steps", type=int, default=RenderConfig.steps)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the rows here")
-    parser.add_argument("--sheet", help="write a picture sheet (PNG): real images | defaults | phase-only")
+    parser.add_argument(
+        "--sheet", help="write a picture sheet (PNG): real images | defaults | phase-only | + diversity term"
+    )
+    parser.add_argument(
+        "--diversity-layer", default="net.group2", help="layer of the last row's diversity term"
+    )
+    parser.add_argument("--diversity-weight", type=float, default=5.0, help="weight of that diversity term")
     args = parser.parse_args(argv)
 
     model = load_classifier(args.ckpt).eval()
@@ -104,12 +114,18 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ]
     default_limit = param.SPECTRA_LIMIT
     try:
-        for name, settings, limit in ROWS:
+        diverse = {"diversity_layer": args.diversity_layer, "diversity_weight": args.diversity_weight}
+        last = (
+            f"phase-only + diversity term (weight {args.diversity_weight:g})",
+            PHASE | diverse,
+            default_limit,
+        )
+        for name, settings, limit in [*ROWS, last]:
             param.SPECTRA_LIMIT = default_limit if limit is None else limit
             config = RenderConfig(steps=args.steps, seed=args.seed).replace(**settings)
             result = render(model, config=config, spectra=spectra)
             rgb = quantise(result.rgb.flatten(0, 1))
-            if not settings or limit == default_limit:  # the defaults and the phase-only default
+            if not settings or limit == default_limit:  # the defaults and the phase-only defaults
                 shown[len(shown)] = result.rgb
             classes = torch.tensor([t.index for t in result.targets]).repeat_interleave(
                 config.images_per_target
@@ -138,7 +154,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     common.write_json({"ckpt": args.ckpt, "steps": args.steps, "seed": args.seed, "rows": rows}, args.json)
     if args.sheet:
         tiles = torch.cat([shown[group][: len(model.class_names)] for group in sorted(shown)], dim=1)
-        columns = [f"{kind} {i + 1}" for kind in ("real", "1/f", "phase") for i in range(4)]
+        columns = [f"{kind} {i + 1}" for kind in ("real", "1/f", "phase", "+div") for i in range(4)]
         save_png(labelled_grid(tiles, model.class_names, columns, scale=3), args.sheet)
         print(f"wrote {args.sheet}")
     return rows

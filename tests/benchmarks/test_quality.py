@@ -373,8 +373,9 @@ def test_colour_study_shows_the_phase_only_rows_contrast_is_the_real_images(
 ):
     sheet = tmp_path / "sheet.png"
     args = ["--ckpt", str(tiny_ckpt), "--data-dir", str(bigger_cifar), "--steps", "2", "--sheet", str(sheet)]
-    rows = colour_study.main(args)
-    assert [row["name"] for row in rows] == ["real test images", *(name for name, _, _ in colour_study.ROWS)]
+    rows = colour_study.main([*args, "--diversity-layer", "net.group1"])
+    names = ["real test images", *(name for name, _, _ in colour_study.ROWS)]
+    assert [row["name"] for row in rows] == [*names, "phase-only + diversity term (weight 5)"]
     real, default = rows[0], rows[1]
     phase = next(row for row in rows if "limit 0.05" in row["name"])
     # Two steps from the small random start: the 1/f images are nearly flat, while phase-only images carry real
@@ -388,7 +389,8 @@ def test_colour_study_shows_the_phase_only_rows_contrast_is_the_real_images(
     assert all(0.0 < row["diversity_vs_real"] < float("inf") for row in rows[1:])
     assert "| phase-only, limit 0.05 (SPECTRA_LIMIT) |" in capsys.readouterr().out
     assert featvis.engine.param.SPECTRA_LIMIT == 0.05  # the study put the module's limit back
-    # The sheet: 10 classes x (4 real, 4 defaults, 4 phase-only) tiles of 32 px at scale 3, and label margins.
+    # The sheet: 10 classes x (4 real, 4 defaults, 4 phase-only, 4 with the diversity term) tiles of 32 px at
+    # scale 3, and label margins.
     picture = load_png(sheet)
     assert picture.shape[0] == 3 and 10 * 96 < picture.shape[1] < 10 * 96 + 120
-    assert 12 * 96 < picture.shape[2] < 12 * 96 + 200
+    assert 16 * 96 < picture.shape[2] < 16 * 96 + 200
