@@ -103,6 +103,11 @@ def test_large_images_keep_a_regular_grid_of_pixels() -> None:
     rgb = correlated_rgb(3, size=64)
     read = read_training_images(DataLoader(TensorDataset(rgb), batch_size=2), ColourTransform.identity())
     assert torch.equal(read, rgb[..., ::2, ::2])  # 64 x 64 -> 32 x 32 = 1024 pixels per image
+    # Whole images when asked (amplitude spectra need every pixel).
+    whole = read_training_images(
+        DataLoader(TensorDataset(rgb), batch_size=2), ColourTransform.identity(), 2, None
+    )
+    assert torch.equal(whole, rgb[:2])
 
 
 class Unreadable(Dataset):
