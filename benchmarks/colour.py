@@ -44,6 +44,8 @@ from featvis.model import load_classifier
 from featvis.quality import (
     RGBInput,
     colour_distance,
+    feature_diversity,
+    penultimate_features,
     reference_spectrum,
     spectral_gap,
 )
@@ -95,7 +97,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     rgb_model = RGBInput(model.net, model.colour)
 
     def diversity(images: Tensor) -> float:  # (classes, K, 3, H, W), within each class
-        return common.class_diversity(rgb_model, images)
+        groups = torch.arange(images.shape[0]).repeat_interleave(images.shape[1])
+        return feature_diversity(penultimate_features(rgb_model, images.flatten(0, 1)), groups)
 
     real_diversity = diversity(real[common.first_per_class(labels, 20)])
     real = real[:1000]

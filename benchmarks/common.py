@@ -29,7 +29,7 @@ from featvis.cifar import read_class_names, read_split
 from featvis.cli.fit import main as featvis_main
 from featvis.engine import RenderConfig, resolve_autocast
 from featvis.hidden import SheetConfig
-from featvis.quality import RGBInput, feature_diversity, penultimate_features, score_render
+from featvis.quality import RGBInput, score_render
 
 REPO = Path(__file__).resolve().parents[1]
 #: The default run's LightningCLI config: model, data, trainer and the callback's settings.
@@ -158,9 +158,9 @@ def quality_scores(
 
     Returns:
         ``{"images", "transfer": {name: acc, ..., "mean"}, "plausibility": {name: value, ..., "mean"},
-        "spectral_gap", "colour_distance", "reference_test_accuracy": {name: acc}}`` (means NaN without
-        references), plus ``"robustness"`` and ``"diversity"``
-        with a classifier.
+        "spectral_gap", "colour_distance", "diversity_vs_real", "reference_test_accuracy": {name: acc}}`` (means
+        and ``diversity_vs_real`` NaN without references or with one image per class), plus ``"robustness"`` and
+        ``"diversity"`` with a classifier.
     """
     report = score_render(
         rgb,
@@ -180,6 +180,7 @@ def quality_scores(
         "plausibility": {name: scores[f"plausibility/{name}"] for name in names},
         "spectral_gap": scores["spectral_gap"],
         "colour_distance": scores["colour_distance"],
+        "diversity_vs_real": scores.get("diversity_vs_real", float("nan")),
         "reference_test_accuracy": {name: float(info["test_accuracy"]) for name, _, info in references},
     }
     # Without references (an ablation of what needs none) transfer and plausibility are not measured.
@@ -196,13 +197,6 @@ def first_per_class(labels: Tensor, count: int) -> Tensor:
     classes = range(int(labels.max()) + 1)
     count = min(count, *(int((labels == c).sum()) for c in classes))
     return torch.stack([(labels == c).nonzero().flatten()[:count] for c in classes])
-
-
-def class_diversity(model: nn.Module, images: Tensor) -> float:
-    """Within-class diversity of ``(classes, K, 3, H, W)`` RGB images: :func:`featvis.quality.feature_diversity`
-    (mean cosine distance between a class's images) in ``model``'s penultimate features."""
-    groups = torch.arange(images.shape[0]).repeat_interleave(images.shape[1])
-    return feature_diversity(penultimate_features(model, images.flatten(0, 1).float()), groups)
 
 
 def machine_label() -> dict[str, Any]:

@@ -57,7 +57,6 @@ from torchvision.transforms import v2
 from benchmarks.common import (
     FitTimer,
     Reference,
-    class_diversity,
     load_references,
     machine_label,
     make_parser,
@@ -88,8 +87,6 @@ ROWS = {
 }
 #: The callback's renders of the RGB model: (learn_basis, parameterisation) per row.
 RGB_RENDERS = {"a": (False, "fourier"), "b": (True, "fourier"), "c": (True, "phase")}
-#: Real test images per class that the diversity is measured against: a stable baseline.
-DIVERSITY_REAL = 20
 
 
 # ---------------------------------------------------------------------------------------------- the user's model
@@ -342,10 +339,6 @@ def score_rows(
     grey_rest = grey_to_rgb(to_grey(rest[0]))
     rows: dict[str, dict[str, float]] = {}
     cache: dict[str, Tensor] = {}
-    # Diversity relative to real images': DIVERSITY_REAL other test images per class (fewer in a small test set).
-    per_class = min(DIVERSITY_REAL, int(torch.bincount(rest[1]).min()))
-    baseline = rest[0][real_sample(rest[1], per_class, seed + 2)]
-    real_diversity = [class_diversity(model, baseline) for _, model, _ in references]
     for key, rgb in {"real": real_images[chosen], **renders}.items():
         rgb = as_rgb(rgb)
         row = {"colour_distance": colour_distance(rgb.flatten(0, 1), rest[0])}
@@ -362,11 +355,7 @@ def score_rows(
                 "target_prob": reference_target_prob(rgb, classes, references),
                 "plausibility": scores["plausibility"]["mean"],
                 "spectral_gap": scores["spectral_gap"],
-                "diversity_vs_real": sum(
-                    class_diversity(model, rgb) / real
-                    for (_, model, _), real in zip(references, real_diversity, strict=True)
-                )
-                / len(references),
+                "diversity_vs_real": scores["diversity_vs_real"],
             }
         else:
             row["spectral_gap"] = spectral_gap(rgb.flatten(0, 1), spectrum)

@@ -100,7 +100,9 @@ class RunScorer:
                     f"{space.channels}, H, W) image tensors; use 'fourier' (the default)."
                 )
             self._spectra = images
-        images = self._spectra  # kept as they came (8-bit: a quarter of float32's memory), handed out as floats
+        images = (
+            self._spectra
+        )  # kept as they came (8-bit: a quarter of float32's memory), handed out as floats
         return images.float().div(255) if images.dtype == torch.uint8 else images.float()
 
     def scores(

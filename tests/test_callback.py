@@ -506,7 +506,7 @@ def test_classifier_module_with_cifar_datamodule(tmp_path, cifar_dir):
     checkpoint = tmp_path / "reference.ckpt"
     trainer.save_checkpoint(checkpoint)
     scored = FeatureVisCallback(
-        config=RenderConfig(steps=1, images_per_target=1),
+        config=RenderConfig(steps=1, images_per_target=2),
         targets=[1],
         reference_model=str(checkpoint),
         metrics=False,
@@ -515,7 +515,10 @@ def test_classifier_module_with_cifar_datamodule(tmp_path, cifar_dir):
     trainer.fit(ClassifierModule(network="small_cnn", widths=[4, 8, 8]), datamodule=data())
     scalars = read_events(Path(trainer.log_dir))["scalars"]
     assert scalars["featvis/transfer_acc"] == [0, batches]
-    assert "featvis/robustness" not in scalars
+    # Within-class diversity in the reference's features (the rendered model's own is a metrics scalar).
+    diversity = read_scalars(Path(trainer.log_dir), "featvis/reference_diversity")
+    assert [step for step, _ in diversity] == [0, batches] and all(0 < value <= 2 for _, value in diversity)
+    assert "featvis/robustness" not in scalars and "featvis/diversity" not in scalars
 
 
 # ---------------------------------------------------------------------------------------------- reference model

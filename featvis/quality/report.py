@@ -73,7 +73,8 @@ class QualityReport:
     Attributes:
         scores: metric name to value: ``robustness``, ``diversity``, ``spectral_gap``, ``colour_distance``,
             ``transfer_accuracy`` (mean over references) and ``transfer_accuracy/<name>``, ``plausibility`` and
-            ``plausibility/<name>``; only those the inputs allow.
+            ``plausibility/<name>``, ``reference_diversity`` and ``diversity_vs_real`` (and per ``<name>``); only
+            those the inputs allow.
         skipped: metric name to the reason it could not be computed (e.g. a model without a linear head).
     """
 
@@ -104,8 +105,12 @@ def score_render(
         model: the classifier the images were rendered for, taking RGB (wrap a model-space one in
             :class:`RGBInput`): ``robustness`` (class targets) and ``diversity`` (``K >= 2``).
         spectrum: :func:`reference_spectrum` of real images: ``spectral_gap``.
-        references: independently trained classifiers taking RGB, by name: ``transfer_accuracy``.
-        real: real images (RGB in [0, 1]) and their labels: ``plausibility`` in each reference's features.
+        references: independently trained classifiers taking RGB, by name: ``transfer_accuracy`` and (``K >= 2``)
+            ``reference_diversity``, the within-target diversity in their penultimate features: unlike
+            ``diversity`` it is not measured by the network the images were optimised for.
+        real: real images (RGB in [0, 1]) and their labels: ``plausibility`` in each reference's features and
+            ``diversity_vs_real``, ``reference_diversity`` over the within-class diversity of the real images
+            (1: as varied as photographs of a class).
         real_features: cache of the real images' features per reference name, filled in when missing, so
             scoring several renders against the same real images computes them once.
         real_colours: real images, ``(N, 3, H, W)`` RGB in [0, 1] of any size, for ``colour_distance``; None
@@ -160,7 +165,40 @@ def score_render(
             scores[f"plausibility/{name}"] = value
             values.append(value)
         scores["plausibility"] = sum(values) / len(values)
+    if references and per_target >= 2:
+        _reference_diversity(report, images, per_target, references, real, real_features)
     return report
+
+
+def _reference_diversity(
+    report: QualityReport,
+    images: Tensor,
+    per_target: int,
+    references: Mapping[str, nn.Module],
+    real: tuple[Tensor, Tensor] | None,
+    real_features: dict[str, Tensor] | None,
+) -> None:
+    """``reference_diversity`` (within-target diversity in each reference's penultimate features, averaged) and,
+    with labelled real images, ``diversity_vs_real``: that over the within-class diversity of the real images."""
+    groups = torch.arange(images.shape[0] // per_target).repeat_interleave(per_target)
+    cache = {} if real_features is None else real_features
+    values, relative = [], []
+    for name, reference in references.items():
+        try:
+            value = feature_diversity(penultimate_features(reference, images), groups)
+        except ValueError as err:  # e.g. no nn.Linear head
+            report.skipped["reference_diversity"] = str(err)
+            return
+        report.scores[f"reference_diversity/{name}"] = value
+        values.append(value)
+        if real is not None:
+            if name not in cache:
+                cache[name] = penultimate_features(reference, real[0])
+            relative.append(value / feature_diversity(cache[name], real[1]))
+            report.scores[f"diversity_vs_real/{name}"] = relative[-1]
+    report.scores["reference_diversity"] = sum(values) / len(values)
+    if relative:
+        report.scores["diversity_vs_real"] = sum(relative) / len(relative)
 
 
 __all__ = ["QualityReport", "RGBInput", "reference_spectrum", "score_render"]

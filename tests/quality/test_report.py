@@ -37,8 +37,43 @@ def test_transfer_and_robustness_use_the_class_targets_only() -> None:
     assert report.scores["transfer_accuracy/zero"] == pytest.approx(0.5)
     # Robustness is the softmax probability of the target: ~1 for class 0's images, ~0 for class 1's.
     assert report.scores["robustness"] == pytest.approx(0.5, abs=1e-3)
-    only_zero = score_render(rgb, [0, None, None], references={"zero": AlwaysClass(0)})
+    only_zero = score_render(rgb[:, :1], [0, None, None], references={"zero": AlwaysClass(0)})
     assert only_zero.scores == {"transfer_accuracy": 1.0, "transfer_accuracy/zero": 1.0}
+
+
+def _flat(*colours: tuple[float, float, float]) -> torch.Tensor:
+    """Flat 8x8 images of the given RGB colours, ``(N, 3, 8, 8)``."""
+    return torch.tensor(colours).view(-1, 3, 1, 1).expand(-1, 3, 8, 8).clone()
+
+
+def test_reference_diversity_in_the_references_features_and_relative_to_real_images() -> None:
+    # AlwaysClass's penultimate features are the mean colour. Target 0: two copies (distance 0); target 1: red
+    # and green (orthogonal: cosine distance 1). Mean over targets: 0.5.
+    rgb = torch.stack([_flat((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), _flat((1, 0, 0), (0, 1, 0))])
+    references = {"a": AlwaysClass(0), "b": AlwaysClass(1)}
+    report = score_render(rgb, [0, 1], references=references)
+    assert report.scores["reference_diversity"] == pytest.approx(0.5)
+    assert report.scores["reference_diversity/a"] == pytest.approx(0.5)
+    assert "diversity_vs_real" not in report.scores  # no real images to compare with
+    # Real images: class 0 red and blue (1), class 1 two greys (0): 0.5, so the renders are as varied as they.
+    real = (_flat((1, 0, 0), (0, 0, 1), (0.3, 0.3, 0.3), (0.3, 0.3, 0.3)), torch.tensor([0, 0, 1, 1]))
+    relative = score_render(rgb, [0, 1], references=references, real=real, k=1).scores
+    assert relative["diversity_vs_real"] == pytest.approx(1.0) and relative[
+        "diversity_vs_real/b"
+    ] == pytest.approx(1.0)
+    # Less varied than the real images when target 1's pair is closer: red and yellow, 45 degrees apart.
+    half = torch.stack([rgb[0], _flat((1, 0, 0), (1, 1, 0))])
+    cosine = 1 / 2**0.5  # red against yellow: 45 degrees
+    expected = (1 - cosine) / 2 / 0.5
+    assert score_render(half, [0, 1], references=references, real=real, k=1).scores[
+        "diversity_vs_real"
+    ] == pytest.approx(expected)
+    # A reference without a linear head has no penultimate features: skipped, with the reason.
+    headless = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    skipped = score_render(rgb, [None, None], references={"h": headless})
+    assert (
+        "reference_diversity" not in skipped.scores and "nn.Linear" in skipped.skipped["reference_diversity"]
+    )
 
 
 def test_diversity_is_zero_for_copies_and_skipped_without_a_linear_head() -> None:
