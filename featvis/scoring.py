@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from featvis.basis import first_loader, forked_random_states, read_training_images
@@ -25,7 +24,7 @@ from featvis.quality import RGBInput, reference_spectrum, score_render
 #: fraction of a second.
 SPECTRUM_IMAGES = 5000
 #: Training images a drop-in run reads from its dataloader for phase-only renders, which draw one spectrum per
-#: rendered image: plenty of choice, and whole images stay small in memory (about 77 MB as uint8 at 224 px).
+#: rendered image: plenty of choice, and their central crops stay small (about 43 MB as uint8 at 224 px).
 SPECTRA_IMAGES = 512
 
 
@@ -92,7 +91,7 @@ class RunScorer:
                 self._spectrum_for(datamodule, torch.Size(size))
             images = self._colours if self._colours is not None and len(self._colours) else None
             if images is None:
-                images = _loader_images(trainer, model, space, size, config.seed)
+                images = _loader_images(trainer, model, space, config.seed)
             if images is None:
                 raise ValueError(
                     "parameterisation='phase' keeps training images' spectra, and this run has neither a "
@@ -154,14 +153,15 @@ def training_sample(images: Tensor) -> Tensor:
     return images[:: max(1, images.shape[0] // SPECTRUM_IMAGES)][:SPECTRUM_IMAGES]
 
 
-def _loader_images(
-    trainer: Any, model: nn.Module, space: InputSpace, size: tuple[int, int], seed: int
-) -> Tensor | None:
-    """Up to :data:`SPECTRA_IMAGES` whole training images of the run's dataloader, mapped back to RGB in [0, 1] and
-    resized to ``size`` (grey for a 1-channel space, repeated to 3 channels); None without a loader of images.
+def _loader_images(trainer: Any, model: nn.Module, space: InputSpace, seed: int) -> Tensor | None:
+    """The central 3/4 of up to :data:`SPECTRA_IMAGES` training images of the run's dataloader, mapped back to RGB
+    in [0, 1] (grey for a 1-channel space, repeated to 3 channels); None without a loader of images.
 
-    The read is seeded with the render seed, so random training transforms give the same images on every rank
-    and after a resume: the renders of a resumed run match those of an uninterrupted one.
+    Training batches come augmented, often with padding: ``RandomCrop(32, padding=4)`` leaves black bands up to 4
+    px wide at the edges, and a band's straight edge puts its energy on the spectrum's axes, which phase-only
+    renders then show as a plaid of stripes. The central 3/4 is free of such bands; ``render`` resizes the crops
+    to the render's size. The read is seeded with the render seed, so random training transforms give the same
+    images on every rank and after a resume: the renders of a resumed run match those of an uninterrupted one.
     """
     loader = first_loader(getattr(trainer, "train_dataloader", None))
     if loader is None:
@@ -170,8 +170,8 @@ def _loader_images(
         images = read_training_images(loader, space, SPECTRA_IMAGES, max_pixels=None)
     if images is None:
         return None
-    if tuple(images.shape[-2:]) != tuple(size):
-        images = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
+    height, width = images.shape[-2:]
+    images = images[..., height // 8 : height - height // 8, width // 8 : width - width // 8]
     return images.clamp(0, 1).expand(-1, 3, -1, -1).mul(255).round().to(torch.uint8)
 
 
