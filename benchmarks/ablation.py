@@ -14,6 +14,10 @@ and, beside row 4, the alternatives to featvis's defaults (``ALTERNATIVES``), ea
     phase-only spectra     each image keeps the amplitude spectrum of a real training image and only its phase
                            is optimised (``parameterisation="phase"``, as MACO does) instead of the 1/f prior
 
+and then phase-only pictures with the diversity term at ``DIVERSITY_SCALES`` times ``--diversity-weight`` (the
+trade-off between within-class diversity and recognisability). ``--only WORD ...`` renders the rows whose name
+contains one of the words.
+
 Every row uses the same seed, steps and learning rate; only the named ingredient changes. Images are rounded to
 8 bits first, exactly as ``featvis render`` writes them, and scored by ``featvis.quality.score_render``. Heavy: on
 a shared CPU, run it from the repository root under the CPU lock::
@@ -22,8 +26,9 @@ a shared CPU, run it from the repository root under the CPU lock::
         --data-dir ../shared/cifar10
 
 It prints a Markdown table (transfer accuracy, spectral gap, plausibility, colour distance to real test images,
-within-class diversity in the visualised model's features, robustness, render seconds); ``--json`` writes it.
-Without ``--refs`` transfer and plausibility are not measured (nan); the other columns are.
+within-class diversity in the visualised model's features and, relative to real images', in the references',
+robustness, render seconds); ``--json`` writes it. Without ``--refs`` transfer, plausibility and diversity vs real
+are not measured (nan); the other columns are.
 """
 
 from __future__ import annotations
