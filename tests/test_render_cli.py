@@ -81,7 +81,16 @@ def test_render_metrics_agree_with_an_independent_render(tmp_path, tiny_ckpt) ->
     )
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"mean_objective", "diversity", "robustness", "spectral_gap", "transfer_accuracy"}
+    names = {
+        "mean_objective",
+        "diversity",
+        "robustness",
+        "spectral_gap",
+        "transfer_accuracy",
+        "reference_diversity",
+    }
+    assert set(metrics) == names
+    assert 0.0 <= metrics["reference_diversity"] <= 2.0  # a mean cosine distance, in the reference's features
     # The same render in process: the reference (the model itself) calls an image right exactly when the
     # model's own final logits put its class first.
     module = load_classifier(str(tiny_ckpt))
