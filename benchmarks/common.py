@@ -132,6 +132,20 @@ def real_test_set(data_dir: str | Path) -> tuple[Tensor, Tensor, list[str]]:
     return images.float().div_(255), labels, read_class_names(folder)
 
 
+def reference_target_prob(rgb: Tensor, classes: Sequence[int], references: Sequence[Reference]) -> float:
+    """Mean softmax probability the references give the intended class (mean over references and images)."""
+    images = rgb.flatten(0, 1).float()
+    targets = torch.tensor(list(classes)).repeat_interleave(rgb.shape[1])
+    probs = []
+    for _, model, _ in references:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            probs.append(model(images).softmax(1).gather(1, targets[:, None]).mean())
+        model.train(was_training)
+    return float(torch.stack(probs).mean())
+
+
 def quality_scores(
     rgb: Tensor,
     classes: Sequence[int],
@@ -158,7 +172,8 @@ def quality_scores(
 
     Returns:
         ``{"images", "transfer": {name: acc, ..., "mean"}, "plausibility": {name: value, ..., "mean"},
-        "spectral_gap", "colour_distance", "diversity_vs_real", "reference_test_accuracy": {name: acc}}`` (means
+        "spectral_gap", "colour_distance", "diversity_vs_real", "target_prob" (the references' mean probability of
+        the intended class), "reference_test_accuracy": {name: acc}}`` (means, ``target_prob``
         and ``diversity_vs_real`` NaN without references or with one image per class), plus ``"robustness"`` and
         ``"diversity"`` with a classifier.
     """
@@ -181,6 +196,7 @@ def quality_scores(
         "spectral_gap": scores["spectral_gap"],
         "colour_distance": scores["colour_distance"],
         "diversity_vs_real": scores.get("diversity_vs_real", float("nan")),
+        "target_prob": reference_target_prob(rgb, classes, references) if references else float("nan"),
         "reference_test_accuracy": {name: float(info["test_accuracy"]) for name, _, info in references},
     }
     # Without references (an ablation of what needs none) transfer and plausibility are not measured.

@@ -8,6 +8,9 @@ Three modes, run from the repository root::
     # Score a folder of PNGs laid out DIR/<class name>/<i>.png (32x32 RGB), e.g. written by `featvis render`.
     python -m benchmarks.quality score --pngs DIR --refs runs/ref/*.pt --data-dir ../shared/cifar10
 
+    # Score every epoch of a training run: the PNGs FeatureVisCallback wrote, <log_dir>/featvis/epoch_<NNN>/.
+    python -m benchmarks.quality score-run --run <log_dir> --refs runs/ref/*.pt --data-dir ../shared/cifar10
+
     # Calibration: score real test images (and uniform noise) the same way.
     python -m benchmarks.quality score-real --refs runs/ref/*.pt --data-dir ../shared/cifar10
 
@@ -45,13 +48,17 @@ from featvis.images import load_png, safe_name, write_image_folder
 from featvis.quality import reference_spectrum
 
 
-def load_png_folder(folder: str | Path, class_names: list[str]) -> tuple[Tensor, Tensor, list[str]]:
+def load_png_folder(
+    folder: str | Path, class_names: list[str], skip_others: bool = False
+) -> tuple[Tensor, Tensor, list[str]]:
     """Read ``folder/<class name>/<i>.png`` images.
 
     Args:
         folder: the image folder; every subfolder must be named after a class (as ``featvis.images.safe_name``
             spells it).
         class_names: class names in label order.
+        skip_others: ignore subfolders not named after a class (a callback epoch folder's ``channels``) instead
+            of refusing them.
 
     Returns:
         RGB images ``(N, 3, H, W)`` in [0, 1], their class indices ``(N,)`` and their paths (as strings).
@@ -65,6 +72,8 @@ def load_png_folder(folder: str | Path, class_names: list[str]) -> tuple[Tensor,
     images, targets, paths = [], [], []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         if sub.name not in index_of:
+            if skip_others:
+                continue
             raise ValueError(
                 f"folder {sub} is not named after a class; expected one of {sorted(index_of)} "
                 "(class names from batches.meta)."
@@ -188,6 +197,45 @@ def _cmd_score(args: argparse.Namespace) -> dict:
     return result
 
 
+def _cmd_score_run(args: argparse.Namespace) -> dict:
+    root = Path(args.run)
+    folder = root / "featvis" if (root / "featvis").is_dir() else root
+    epochs = sorted(p for p in folder.glob("epoch_[0-9][0-9][0-9]") if p.is_dir())
+    if not epochs:
+        raise FileNotFoundError(
+            f"no epoch_<NNN> folders in {folder}; pass a run's log_dir (holding featvis/epoch_000/ ...)."
+        )
+    if not args.refs:
+        raise ValueError(
+            "score-run needs --refs: transfer, target probability and plausibility come from them."
+        )
+    real_images, real_labels, class_names = real_test_set(args.data_dir)
+    references = load_references(args.refs)
+    spectrum = reference_spectrum(real_images, real_images.shape[-1])
+    cache: dict[str, Tensor] = {}
+    results: dict[str, dict] = {}
+    lines = [
+        "| epoch | transfer | target prob. | spectral gap | plausibility | colour distance | diversity vs real |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for path in epochs:
+        images, targets, _ = load_png_folder(path, class_names, skip_others=True)
+        rgb, classes = as_render(images, targets)
+        scores = quality_scores(
+            rgb, classes, references, (real_images, real_labels), spectrum, real_features=cache, k=args.k
+        )
+        results[path.name] = scores
+        lines.append(
+            f"| {int(path.name.split('_')[1])} | {scores['transfer']['mean']:.3f} | {scores['target_prob']:.3f} | "
+            f"{scores['spectral_gap']:.3f} | {scores['plausibility']['mean']:.2f} | "
+            f"{scores['colour_distance']:.3f} | {scores['diversity_vs_real']:.2f} |"
+        )
+        print(lines[-1], flush=True)
+    print("\n".join([f"visualisations of {folder}, per epoch (epoch 0: before training)", "", *lines]))
+    write_json(results, args.json)
+    return results
+
+
 def _cmd_score_real(args: argparse.Namespace) -> dict:
     real_images, real_labels, class_names = real_test_set(args.data_dir)
     references = load_references(args.refs)
@@ -230,7 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=0.4)
     train.add_argument("--out-dir", default=str(DEFAULT_REF_DIR))
     train.add_argument("--json", help="write test accuracies and training times here")
-    for name, helptext in (("score", "score a folder of PNG visualisations"), ("score-real", "calibration")):
+    for name, helptext in (
+        ("score", "score a folder of PNG visualisations"),
+        ("score-run", "score every epoch's PNGs of a FeatureVisCallback run"),
+        ("score-real", "calibration"),
+    ):
         cmd = sub.add_parser(name, help=helptext)
         cmd.add_argument("--refs", nargs="+", default=[], help="reference model .pt files")
         cmd.add_argument("--data-dir", default="data", help="folder containing cifar-10-batches-py")
@@ -241,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument(
                 "--ckpt", help="featvis checkpoint the images came from (adds robustness, diversity)"
             )
+        elif name == "score-run":
+            cmd.add_argument("--run", required=True, help="the run's log_dir (or its featvis/ folder)")
         else:
             cmd.add_argument("--per-class", type=int, default=4, help="real test images per class")
             cmd.add_argument("--seed", type=int, default=0)
@@ -258,7 +312,13 @@ def main(argv: list[str] | None = None) -> dict:
     """
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
-    command = {"train": _cmd_train, "score": _cmd_score, "score-real": _cmd_score_real}[args.command]
+    commands = {
+        "train": _cmd_train,
+        "score": _cmd_score,
+        "score-run": _cmd_score_run,
+        "score-real": _cmd_score_real,
+    }
+    command = commands[args.command]
     result = command(args)
     print(f"({args.command} took {time.perf_counter() - start:.0f} s)")
     return result

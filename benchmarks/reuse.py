@@ -294,20 +294,6 @@ def as_rgb(images: Tensor) -> Tensor:
     return images.expand(*images.shape[:-3], 3, *images.shape[-2:]) if images.shape[-3] == 1 else images
 
 
-def reference_target_prob(rgb: Tensor, classes: Sequence[int], references: Sequence[Reference]) -> float:
-    """Mean softmax probability the references give the intended class (mean over references and images)."""
-    images = rgb.flatten(0, 1).float()
-    targets = torch.tensor(list(classes)).repeat_interleave(rgb.shape[1])
-    probs = []
-    for _, model, _ in references:
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            probs.append(model(images).softmax(1).gather(1, targets[:, None]).mean())
-        model.train(was_training)
-    return float(torch.stack(probs).mean())
-
-
 def real_sample(labels: Tensor, per_class: int, seed: int) -> Tensor:
     """Indices of ``per_class`` test images of every class, class-major ``(classes, per_class)``."""
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
@@ -352,7 +338,7 @@ def score_rows(
             scores = quality_scores(rgb, classes, references, rest, spectrum, real_features=cache)
             row |= {
                 "transfer": scores["transfer"]["mean"],
-                "target_prob": reference_target_prob(rgb, classes, references),
+                "target_prob": scores["target_prob"],
                 "plausibility": scores["plausibility"]["mean"],
                 "spectral_gap": scores["spectral_gap"],
                 "diversity_vs_real": scores["diversity_vs_real"],

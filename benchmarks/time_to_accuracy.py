@@ -49,6 +49,18 @@ DEFAULT_ANCHOR = Path("../shared/anchors/airbench94_cpu.py")
 DEFAULT_DATA = Path("../shared/cifar10")
 #: The anchor trains under ``torch.autocast("cpu", dtype=torch.bfloat16)`` on every CPU (see its docstring).
 ANCHOR_DTYPE = torch.bfloat16
+#: Runs the anchor script (``sys.argv[1]``, its arguments after it) with every ``torch.autocast`` disabled, so it
+#: trains in float32 as ``featvis fit`` does on a CPU without native bf16, where bf16 is emulated and one anchor
+#: step takes tens of seconds. The script itself is not changed.
+FLOAT32_SHIM = (
+    "import runpy, sys, torch\n"
+    "_autocast = torch.autocast\n"
+    "def _off(device_type, *args, **kwargs):\n"
+    "    return _autocast(device_type, enabled=False)\n"
+    "torch.autocast = _off\n"
+    "sys.argv = sys.argv[1:]\n"
+    "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+)
 
 
 def conv_throughput(
@@ -138,8 +150,17 @@ def anchor_network(path: str | Path, widths: Sequence[int] | None = None) -> tup
     return namespace["net"], namespace["hyp"]
 
 
-def run_anchor(path: Path, data_dir: Path, epochs: float, widths: Sequence[int] | None) -> dict[str, Any]:
+def run_anchor(
+    path: Path, data_dir: Path, epochs: float, widths: Sequence[int] | None, float32: bool = False
+) -> dict[str, Any]:
     """Run the anchor script as a subprocess, echo its lines, and parse its per-epoch lines and final JSON line.
+
+    Args:
+        path: the anchor script.
+        data_dir: its ``--data``.
+        epochs: its ``--epochs``.
+        widths: its ``--widths``; None keeps the script's.
+        float32: run it with autocast disabled (:data:`FLOAT32_SHIM`) instead of its bf16 autocast.
 
     Returns:
         ``wall_seconds`` (the whole process), ``accuracy`` per epoch (1 view), ``train_seconds`` (its own,
@@ -148,7 +169,8 @@ def run_anchor(path: Path, data_dir: Path, epochs: float, widths: Sequence[int] 
     Raises:
         RuntimeError: the script failed or printed no final JSON line.
     """
-    command = [sys.executable, str(path), "--data", str(data_dir), "--epochs", str(epochs)]
+    launcher = [sys.executable, "-c", FLOAT32_SHIM] if float32 else [sys.executable]
+    command = [*launcher, str(path), "--data", str(data_dir), "--epochs", str(epochs)]
     if widths:
         command += ["--widths", *map(str, widths)]
     accuracy: list[float] = []
@@ -240,6 +262,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--anchor-epochs", type=float, default=9.9, help="the anchor's --epochs (default 9.9)"
     )
+    parser.add_argument(
+        "--anchor-precision",
+        choices=("auto", "bf16", "float32"),
+        default="auto",
+        help="the anchor's bf16 autocast, or float32 with autocast disabled; auto: bf16 where the CPU (or a GPU) "
+        "has native bf16, else float32, the precision featvis fit trains in there",
+    )
     parser.add_argument("--max-train-batches", type=int, default=None, help="featvis limit_train_batches")
     parser.add_argument("--max-eval-batches", type=int, default=None, help="featvis limit_val_batches")
     parser.add_argument("--widths", type=int, nargs=3, default=None, help="conv widths of both nets (smoke)")
@@ -266,6 +295,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise ValueError(f"--anchor-epochs must be positive, got {args.anchor_epochs}.")
 
     machine = machine_label()
+    anchor_float32 = args.anchor_precision == "float32" or (
+        args.anchor_precision == "auto" and not machine["native_bf16"]
+    )
     with tempfile.TemporaryDirectory(prefix="featvis-tta-") as scratch:
         ours, cli = run_featvis_fit(args.data, args.log_dir or scratch, _featvis_args(args))
     ours["train_total_seconds"] = sum(ours["train_seconds"])
@@ -277,14 +309,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     anchor: dict[str, Any] | None = None
     if not args.skip_anchor:
         net, hyp = anchor_network(args.anchor, args.widths)
-        anchor = run_anchor(args.anchor, args.data, args.anchor_epochs, args.widths)
+        anchor = run_anchor(args.anchor, args.data, args.anchor_epochs, args.widths, anchor_float32)
         train_images = read_split(folder, train=True)[1].numel()
         steps = math.ceil(train_images // hyp["bs"] * args.anchor_epochs)
         anchor["train_total_seconds"] = anchor["train_seconds"]
         anchor["steps_per_second"] = steps / anchor["train_seconds"]
         anchor["images_per_second"] = steps * hyp["bs"] / anchor["train_seconds"]
         anchor["flops_per_step"] = training_step_flops(net, int(hyp["bs"]))
-        dtypes.add(ANCHOR_DTYPE)
+        anchor["precision"] = "float32 (autocast off)" if anchor_float32 else "bf16 autocast"
+        dtypes.add(torch.float32 if anchor_float32 else ANCHOR_DTYPE)
 
     batch, channels, side = args.peak_size
     peak = {
@@ -301,7 +334,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         _row("featvis fit (callback included)", ours["precision"], ours, peak),
     ]
     if anchor is not None:
-        table.append(_row(f"anchor {args.anchor.name}", "bf16 autocast", anchor, peak))
+        table.append(_row(f"anchor {args.anchor.name}", anchor["precision"], anchor, peak))
     table.append("")
     for name, conv in peak.items():
         table.append(

@@ -179,10 +179,12 @@ class SmallCNN(nn.Sequential):
         )
 
 
-def build_network(name: str, widths: Sequence[int] | None, num_classes: int) -> nn.Module:
-    """Build a network by name (``"speednet"`` or ``"small_cnn"``)."""
+def build_network(
+    name: str, widths: Sequence[int] | None, num_classes: int, batchnorm_momentum: float = 0.1
+) -> nn.Module:
+    """Build a network by name (``"speednet"`` or ``"small_cnn"``); ``batchnorm_momentum`` is SpeedNet's."""
     if name == "speednet":
-        return SpeedNet(widths or (64, 256, 256), num_classes)
+        return SpeedNet(widths or (64, 256, 256), num_classes, batchnorm_momentum=batchnorm_momentum)
     if name == "small_cnn":
         return SmallCNN(widths or (32, 64, 64), num_classes)
     raise ValueError(f"unknown network {name!r}; choose 'speednet' or 'small_cnn'.")
@@ -204,6 +206,49 @@ def warmup_linear_decay(step: int, total: int, warmup: int, floor: float = 0.0, 
     return floor + (1 - floor) * max(0.0, 1 - progress)
 
 
+class Lookahead:
+    """Lookahead averaging of the weights, as in the airbench speed runs.
+
+    Every ``every`` optimiser steps the average moves towards the weights by ``1 - decay`` and the weights are
+    set to the average; ``decay = base * (step / total) ** 3`` grows from 0 (no averaging early, when the
+    weights move fast) to ``base`` at the end. The last step sets the weights to the average. Every floating
+    tensor of the state dict takes part, BatchNorm running statistics included.
+
+    Args:
+        every: optimiser steps between updates.
+        base: decay at the last step (airbench: ``0.95 ** 5``).
+    """
+
+    def __init__(self, every: int = 5, base: float = 0.95**5) -> None:
+        self.every, self.base = every, base
+        self.average: dict[str, Tensor] | None = None
+        self._last_step = -1  # with gradient accumulation several batches end on one optimiser step
+
+    def decay(self, step: int, total: int) -> float:
+        """The decay of the update at optimiser step ``step`` (from 1) of ``total``."""
+        return self.base * (min(step, total) / max(1, total)) ** 3
+
+    @torch.no_grad()
+    def step(self, net: nn.Module, step: int, total: int) -> None:
+        """Update after optimiser step ``step`` (counted from 1): average every ``every`` steps, sync at the end."""
+        if step == self._last_step:
+            return
+        self._last_step = step
+        state = {k: v for k, v in net.state_dict().items() if v.is_floating_point()}
+        if self.average is None:  # the first step's weights start the average
+            self.average = {k: v.detach().clone() for k, v in state.items()}
+        # A restored average may sit on another device than the weights (checkpoints load to the CPU).
+        self.average = {k: v.to(state[k]) for k, v in self.average.items()}
+        if step % self.every == 0:
+            decay = self.decay(step, total)
+            for key, value in state.items():
+                self.average[key].lerp_(value, 1 - decay)
+                value.copy_(self.average[key])
+        if step >= total:
+            for key, value in state.items():
+                value.copy_(self.average[key])
+
+
 class ClassifierModule(L.LightningModule):
     """Trains an image classifier on model-space inputs and keeps the data's colour transform in its checkpoint.
 
@@ -222,6 +267,11 @@ class ClassifierModule(L.LightningModule):
             ``initial_lr_fraction * lr``; the rest decays it linearly to ``final_lr_fraction * lr``.
         initial_lr_fraction: learning rate at the first step, as a fraction of ``lr``.
         final_lr_fraction: learning rate at the end of training, as a fraction of ``lr``.
+        batchnorm_momentum: SpeedNet's BatchNorm momentum, PyTorch's convention (weight of the newest batch).
+        lookahead: average the weights as the speed runs do (see :class:`Lookahead`); the final weights are the
+            average.
+        stem_bias_epochs: train the whitening stem's bias only in the first this many epochs (the speed runs
+            use 3), then freeze it; None trains it throughout.
         channels_last: keep weights and activations in channels-last memory format (faster convs with bf16).
         tta: test-time augmentation of ``test`` (``test/acc``), ``predict`` and the end of fit: ``"none"``;
             ``"flip"`` averages the logits of each image and its mirror image; ``"flip_translate"`` also averages
@@ -250,6 +300,9 @@ class ClassifierModule(L.LightningModule):
         warmup_fraction: float = 0.2,
         initial_lr_fraction: float = 0.0,
         final_lr_fraction: float = 0.0,
+        batchnorm_momentum: float = 0.1,
+        lookahead: bool = False,
+        stem_bias_epochs: int | None = None,
         channels_last: bool = True,
         tta: TTAMode = "flip",
         val_tta: TTAMode | None = "none",
@@ -269,10 +322,15 @@ class ClassifierModule(L.LightningModule):
             _check_tta("val_tta", val_tta)
         if not 0 <= label_smoothing < 1:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}.")
+        if not 0 < batchnorm_momentum <= 1:
+            raise ValueError(f"batchnorm_momentum must lie in (0, 1], got {batchnorm_momentum}.")
+        if stem_bias_epochs is not None and stem_bias_epochs < 0:
+            raise ValueError(f"stem_bias_epochs must be >= 0 or null, got {stem_bias_epochs}.")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}.")
         self.save_hyperparameters()
-        self.net = build_network(network, widths, num_classes)
+        self.net = build_network(network, widths, num_classes, batchnorm_momentum)
+        self.lookahead = Lookahead() if lookahead else None
         # The colour transform of the training data travels with the weights, so a checkpoint alone can map
         # images to model space and back.
         self.colour = ColourTransform.identity()
@@ -300,9 +358,15 @@ class ClassifierModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["class_names"] = list(self.class_names)
+        if self.lookahead is not None and self.lookahead.average is not None:
+            checkpoint["lookahead"] = (
+                self.lookahead.average
+            )  # a resumed run keeps averaging where it left off
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.class_names = list(checkpoint.get("class_names", self.class_names))
+        if self.lookahead is not None and "lookahead" in checkpoint:
+            self.lookahead.average = {k: v.clone() for k, v in checkpoint["lookahead"].items()}
 
     def _views(self, images: Tensor, tta: str, plain: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(logits of the plain view, logits averaged over the views of tta)``; ``plain`` reuses the first."""
@@ -335,6 +399,18 @@ class ClassifierModule(L.LightningModule):
         stem = getattr(self.net, "stem", None)
         if isinstance(stem, PatchWhitening) and not bool(stem.fitted):
             stem.fit(batch[0].float())
+
+    def on_train_epoch_start(self) -> None:
+        stem = getattr(self.net, "stem", None)
+        epochs = self.hparams["stem_bias_epochs"]
+        if isinstance(stem, PatchWhitening) and epochs is not None and stem.conv.bias is not None:
+            # A frozen parameter gets no gradient, and SGD skips parameters without one (momentum included).
+            stem.conv.bias.requires_grad_(self.current_epoch < epochs)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.lookahead is not None:
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            self.lookahead.step(self.net, self.trainer.global_step, total)
 
     def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         return F.cross_entropy(logits.float(), labels, label_smoothing=self.hparams["label_smoothing"])
@@ -399,7 +475,13 @@ class ClassifierModule(L.LightningModule):
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None and m.bias.requires_grad
         ]
         taken = {id(p) for p in norm_biases}
-        others = [p for p in self.net.parameters() if p.requires_grad and id(p) not in taken]
+        stem = getattr(self.net, "stem", None)
+        # The stem bias may be frozen for now (stem_bias_epochs) but belongs in the optimiser's groups, so the
+        # groups are the same however late configure_optimizers runs (a resumed run's optimiser state matches).
+        stem_bias = stem.conv.bias if isinstance(stem, PatchWhitening) else None
+        others = [
+            p for p in self.net.parameters() if (p.requires_grad or p is stem_bias) and id(p) not in taken
+        ]
         groups = [{"params": others, "lr": hp["lr"], "weight_decay": hp["weight_decay"]}]
         if norm_biases:
             groups.append(

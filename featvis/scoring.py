@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from featvis.basis import first_loader, forked_random_states, read_training_images
+from featvis.checkpoints import load_module
 from featvis.colour import ColourTransform, InputSpace
 from featvis.engine import RenderConfig, fork_rng
 from featvis.outputs import WarnOnce
@@ -60,9 +61,8 @@ class RunScorer:
     def setup(self) -> None:
         """Load the reference checkpoint, if one was named (before training, so a bad path fails early)."""
         if isinstance(self.reference_model, str | Path):
-            from featvis.model import load_classifier  # the full model stack only when a checkpoint is named
-
-            self._reference = load_classifier(str(self.reference_model))
+            # A bad path or a foreign file fails here in one line (CheckpointError is a ValueError).
+            self._reference = load_module(self.reference_model)
         elif isinstance(self.reference_model, nn.Module):
             self._reference = self.reference_model
 

@@ -173,6 +173,25 @@ def test_corrupt_batch_file_is_one_line(
     assert line.endswith(f"Replace it with an intact copy, or delete {batch.parent} and download again.")
 
 
+@pytest.mark.parametrize("kind", ["plain_state_dict", "missing"])
+def test_a_reference_model_that_is_no_lightning_checkpoint_is_one_line_before_training(
+    kind: str, cifar_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reference = tmp_path / "ref.pt"
+    if kind == "plain_state_dict":  # e.g. torch.save(model.state_dict()) of a plain PyTorch classifier
+        torch.save({"weight": torch.zeros(2)}, reference)
+    log_dir = tmp_path / "logs"
+    args = ["--trainer.max_epochs", "1", "--featvis.reference_model", str(reference)]
+    line = _fails_with(["fit", *_common(cifar_dir, log_dir), *args], capsys)
+    expected = {
+        "plain_state_dict": f"cannot load checkpoint {reference}: it is not a Lightning checkpoint (it lacks "
+        "'pytorch-lightning_version', 'state_dict'); pass the .ckpt written by featvis fit.",
+        "missing": f"checkpoint {reference} does not exist; pass the .ckpt written by featvis fit.",
+    }[kind]
+    assert line == f"featvis fit: error: {expected}"
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("epoch_*"))
+
+
 @pytest.mark.parametrize(
     ("args", "config", "message"),
     [

@@ -15,7 +15,15 @@ from lightning.pytorch.loggers import Logger
 
 from featvis.colour import ColourTransform
 from featvis.data import CIFARDataModule
-from featvis.model import ClassifierModule, PatchWhitening, SmallCNN, SpeedNet, build_network, load_classifier
+from featvis.model import (
+    ClassifierModule,
+    Lookahead,
+    PatchWhitening,
+    SmallCNN,
+    SpeedNet,
+    build_network,
+    load_classifier,
+)
 
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 TINY_WIDTHS = [8, 16, 16]
@@ -97,6 +105,9 @@ def test_small_cnn_and_build_network() -> None:
         ({"tta": "crop"}, "tta"),
         ({"val_tta": "crop"}, "val_tta"),
         ({"network": "small_cnn", "widths": [8, 8]}, "widths"),
+        ({"batchnorm_momentum": 0.0}, "batchnorm_momentum"),
+        ({"batchnorm_momentum": 1.5}, "batchnorm_momentum"),
+        ({"stem_bias_epochs": -1}, "stem_bias_epochs"),
     ],
 )
 def test_bad_hyperparameters_raise_value_error(kwargs: dict[str, Any], pattern: str) -> None:
@@ -375,3 +386,95 @@ def test_end_of_fit_flip_tta_of_a_mirror_invariant_model_equals_its_one_view_acc
     (last,) = [entry for entry in logger.history if "test/acc" in entry]
     assert last["test/acc"] == pytest.approx(last["val/acc_1view"], abs=1e-6)
     assert last["val/acc_1view"] == pytest.approx(_accuracy(model, datamodule), abs=1e-6)
+
+
+def test_batchnorm_momentum_reaches_every_batchnorm_of_speednet() -> None:
+    model = ClassifierModule(widths=TINY_WIDTHS, batchnorm_momentum=0.4)
+    norms = [m for m in model.net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 6 and all(m.momentum == 0.4 for m in norms)
+
+
+def test_lookahead_lags_a_moving_weight_keeps_a_still_one_and_ends_on_the_average() -> None:
+    net = torch.nn.Linear(1, 1)
+    lookahead, total = Lookahead(every=5, base=0.9), 40
+    path = []
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+        net.bias.fill_(5.0)
+        for step in range(1, total + 1):
+            net.weight.add_(1.0)  # an optimiser that moves the weight by +1 per step
+            lookahead.step(net, step, total)
+            path.append(float(net.weight))
+            lookahead.step(net, step, total)  # a repeated step (gradient accumulation) is ignored
+    assert net.bias.item() == 5.0  # a weight that does not move stays where it is
+    # Early updates barely average (decay ~ 0), so the weight follows its optimiser almost exactly ...
+    assert path[4] == pytest.approx(5.0, abs=0.01)
+    # ... late ones hold it back: it ends behind the 40 raw steps' 40 but ahead of where it stood at step 30.
+    assert path[29] < path[-1] < 40.0 - 2.0
+    assert float(net.weight) == path[-1] == pytest.approx(float(lookahead.average["weight"]))
+
+
+def test_stem_bias_trains_only_in_its_first_epochs(cifar_dir: Path, tmp_path: Path) -> None:
+    datamodule = CIFARDataModule(data_dir=str(cifar_dir), batch_size=20, eval_batch_size=50)
+    biases = {}
+    for epochs in (1, None):
+        torch.manual_seed(0)
+        model = ClassifierModule(widths=TINY_WIDTHS, lr=0.05, stem_bias_epochs=epochs)
+
+        class Snapshot(L.Callback):
+            def __init__(self) -> None:
+                self.seen: list[torch.Tensor] = []
+
+            def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+                self.seen.append(module.net.stem.conv.bias.detach().clone())  # type: ignore[union-attr]
+
+        snapshot = Snapshot()
+        trainer = _trainer(tmp_path / str(epochs), RecordingLogger(), epochs=3)
+        trainer.callbacks.append(snapshot)
+        trainer.fit(model, datamodule=datamodule)
+        biases[epochs] = snapshot.seen
+    frozen, free = biases[1], biases[None]
+    assert frozen[0].abs().sum() > 0  # it trained in epoch 1 ...
+    assert torch.equal(frozen[0], frozen[1]) and torch.equal(frozen[1], frozen[2])  # ... and never after
+    assert not torch.equal(free[0], free[2])
+
+
+class _StopAfterFirstEpoch(L.Callback):
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        trainer.should_stop = True  # an interrupted run: the schedule still spans max_epochs
+
+
+def test_lookahead_resumes_exactly_from_its_checkpoint(cifar_dir: Path, tmp_path: Path) -> None:
+    """Two epochs straight, and the same two-epoch run stopped after one and resumed, give the same weights: the
+    average travels in the checkpoint (without it the resumed run would restart it from its first step)."""
+
+    def datamodule() -> (
+        CIFARDataModule
+    ):  # a fresh one per fit: each draws its augmentations from its own seed
+        return CIFARDataModule(data_dir=str(cifar_dir), batch_size=20, eval_batch_size=50)
+
+    hparams = {"widths": TINY_WIDTHS, "lr": 0.05, "lookahead": True}
+    torch.manual_seed(0)
+    straight = ClassifierModule(**hparams)
+    _trainer(tmp_path / "straight", RecordingLogger(), epochs=2).fit(straight, datamodule=datamodule())
+
+    torch.manual_seed(0)
+    first = ClassifierModule(**hparams)
+    stopped = _trainer(tmp_path / "split", RecordingLogger(), epochs=2)
+    stopped.callbacks.append(_StopAfterFirstEpoch())
+    stopped.fit(first, datamodule=datamodule())
+    last = tmp_path / "split" / "ckpt" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=False)
+    assert checkpoint["epoch"] == 0
+    floats = {
+        k for k, v in checkpoint["state_dict"].items() if k.startswith("net.") and v.is_floating_point()
+    }
+    assert set(checkpoint["lookahead"]) == {k.removeprefix("net.") for k in floats}
+    resumed = ClassifierModule(**hparams)
+    _trainer(tmp_path / "split", RecordingLogger(), epochs=2).fit(
+        resumed, datamodule=datamodule(), ckpt_path=str(last)
+    )
+    for (name, a), b in zip(
+        straight.net.state_dict().items(), resumed.net.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)

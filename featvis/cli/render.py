@@ -18,7 +18,6 @@ import json
 import re
 import sys
 import typing
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import lightning.pytorch as pl
 from torch import Tensor, nn
 
 from featvis.basis import LearnedBasis
+from featvis.checkpoints import CheckpointError, load_module
 from featvis.colour import ColourTransform, InputConvention, InputSpace
 from featvis.engine import RenderConfig, RenderResult, class_names_of
 from featvis.folders import FolderError, check_destination, write_folder
@@ -89,31 +89,11 @@ def _print_progress(done: int, total: int) -> None:
         print(f"featvis render: step {done}/{total}", file=sys.stderr, flush=True)
 
 
-_LIGHTNING_KEYS = ("pytorch-lightning_version", "state_dict")
-
-
 def _load_checkpoint(path: str, device, model_class: type[pl.LightningModule] | None = None) -> nn.Module:
-    """The checkpoint's module in eval mode: a ClassifierModule, or ``model_class`` via ``load_from_checkpoint``."""
-    from featvis.model import load_classifier
-
-    file = Path(path)
-    if file.is_dir():
-        found = sorted(p.name for p in file.glob("*.ckpt"))[:3]
-        hint = f" such as {file / found[0]}" if found else ""
-        raise RenderError(
-            f"checkpoint {path} is a folder, not a file; pass the .ckpt file written by featvis fit{hint}."
-        )
-    if not file.exists():
-        raise RenderError(f"checkpoint {path} does not exist; pass the .ckpt written by featvis fit.")
-    if not file.is_file():
-        raise RenderError(f"checkpoint {path} is not a regular file; pass the .ckpt written by featvis fit.")
     try:
-        if model_class is None:
-            return load_classifier(path, map_location=device)
-        return model_class.load_from_checkpoint(path, map_location=device).eval()
-    except Exception as err:  # a truncated file, a foreign file or a foreign checkpoint
-        name = model_class.__name__ if model_class is not None else "ClassifierModule"
-        raise RenderError(_explain_load_failure(file, err, name)) from err
+        return load_module(path, model_class, map_location=device)
+    except CheckpointError as err:
+        raise RenderError(str(err)) from err
 
 
 def _import_class(path: str) -> type[pl.LightningModule]:
@@ -158,49 +138,6 @@ def _run_colours(module: nn.Module, state: dict[str, Any]) -> tuple[InputSpace, 
         except ValueError as err:
             raise RenderError(f"the checkpoint's input convention cannot be restored: {err}") from err
     return colour or ColourTransform.identity(), LearnedBasis.restore(state)
-
-
-def _first_line(text: str, limit: int = 160) -> str:
-    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def _explain_load_failure(path: Path, err: Exception, class_name: str = "ClassifierModule") -> str:
-    """One line saying why ``path`` is not a loadable ClassifierModule checkpoint.
-
-    Torch's own messages for foreign files suggest ``weights_only=False`` (unsafe for an unknown file) and
-    filing an issue, and Lightning's for a foreign dict is a bare KeyError; say what the file is instead.
-    Only runs after a failed load, so a good checkpoint is read once.
-
-    Args:
-        path: the checkpoint file.
-        err: what loading it as ``class_name`` raised.
-        class_name: the LightningModule class it was loaded as.
-    """
-    import torch
-
-    fix = "pass the .ckpt written by featvis fit."
-    try:
-        # weights_only: the file is unknown, so nothing in it may run code while we look at it.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as load_err:
-        if not zipfile.is_zipfile(path):
-            reason = "the file is not a torch.save archive"
-        else:
-            text = str(load_err).split("WeightsUnpickler error:", 1)[-1]
-            reason = f"{type(load_err).__name__}: {_first_line(text) or 'no details'}"
-        return (
-            f"cannot load checkpoint {path}: it is not a Lightning checkpoint (torch.load failed: {reason}); "
-            f"{fix}"
-        )
-    missing = [key for key in _LIGHTNING_KEYS if not isinstance(checkpoint, dict) or key not in checkpoint]
-    if missing:
-        what = ", ".join(repr(key) for key in missing)
-        return f"cannot load checkpoint {path}: it is not a Lightning checkpoint (it lacks {what}); {fix}"
-    return (
-        f"cannot load checkpoint {path} as a {class_name}: {type(err).__name__}: "
-        f"{_first_line(str(err), 300) or 'no details'}"
-    )
 
 
 def _add_config_flags(parser: argparse._ActionsContainer) -> None:

@@ -256,6 +256,41 @@ def test_cli_score_with_ckpt_measures_diversity_within_each_class(
     assert scores["varied"]["diversity"] > 1e-3
 
 
+def test_cli_score_run_scores_each_epoch_folder_like_score_and_skips_channel_sheets(
+    bigger_cifar, ref_paths, tmp_path, capsys
+):
+    folder = cifar_folder(bigger_cifar)
+    names = read_class_names(folder)
+    images, labels = read_split(folder, train=False)
+    chosen = torch.stack([torch.nonzero(labels == c).flatten()[:2] for c in range(10)])
+    real = images[chosen].float() / 255  # (10, 2, 3, 32, 32)
+    noise = torch.rand(10, 2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    run = tmp_path / "run"
+    write_image_folder(noise, names, run / "featvis" / "epoch_000")
+    write_image_folder(real, names, run / "featvis" / "epoch_002")
+    (run / "featvis" / "epoch_002" / "channels").mkdir()
+    torch.save({}, run / "featvis" / "epoch_002" / "channels" / "not_an_image.pt")  # no PNG, and not a class
+    write_image_folder(real, names, tmp_path / "alone")
+    common_args = ["--refs", *ref_paths, "--data-dir", str(bigger_cifar), "--k", "3"]
+
+    per_epoch = quality.main(["score-run", "--run", str(run), *common_args])
+    alone = quality.main(["score", "--pngs", str(tmp_path / "alone"), *common_args])
+    printed = capsys.readouterr().out
+    assert list(per_epoch) == ["epoch_000", "epoch_002"]
+    assert per_epoch["epoch_002"] == alone  # the same numbers as scoring the folder on its own
+    assert "| 2 | " in printed and "| 0 | " in printed
+    # The references' probability of the intended class, averaged over references and images, by hand.
+    probs = []
+    for path in ref_paths:
+        model, _ = load_reference(path)
+        with torch.no_grad():
+            p = model(real.flatten(0, 1)).softmax(1)
+        probs.append(p[torch.arange(20), torch.arange(10).repeat_interleave(2)].mean())
+    assert alone["target_prob"] == pytest.approx(float(torch.stack(probs).mean()), abs=1e-6)
+    with pytest.raises(FileNotFoundError, match="no epoch_<NNN> folders"):
+        quality.main(["score-run", "--run", str(tmp_path / "alone"), *common_args])
+
+
 def test_as_render_groups_equal_classes_into_rows():
     images = torch.arange(6.0).view(6, 1, 1, 1).expand(6, 3, 2, 2)
     rgb, classes = quality.as_render(images, torch.tensor([4, 4, 1, 1, 7, 7]))

@@ -4,6 +4,8 @@ anchor's network and (slow) a smoke run of the anchor itself, and the GPU check'
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,27 +114,49 @@ def test_anchor_network_is_the_speednet_architecture_with_a_frozen_stem() -> Non
 
 @needs_anchor
 @pytest.mark.slow
-def test_anchor_smoke_run_is_parsed(tmp_path: Path) -> None:
-    """One bf16 training step of the anchor's batch (1024 images) with tiny widths: about 30-40 s on AVX2."""
+@pytest.mark.parametrize(
+    ("precision", "label", "dtype"),
+    [("bf16", "bf16 autocast", "torch.bfloat16"), ("float32", "float32 (autocast off)", "torch.float32")],
+)
+def test_anchor_smoke_run_is_parsed(tmp_path: Path, precision: str, label: str, dtype: str) -> None:
+    """One training step of the anchor's batch (1024 images) with tiny widths: 30-40 s in bf16 on AVX2."""
     write_cifar_folder(tmp_path / "data", per_batch=205)  # 1025 training images: one anchor step
     result = tta.main(
         [
             "--data", str(tmp_path / "data"), "--anchor", str(ANCHOR), "--anchor-epochs", "1", "--epochs", "1",
             "--max-train-batches", "1", "--widths", "8", "16", "16", "--peak-size", "16", "64", "16",
-            "--peak-seconds", "0.2", "--fit-args", f"--data.batch_size 100 {SMOKE_FIT}",
+            "--peak-seconds", "0.2", "--fit-args", f"--data.batch_size 100 {SMOKE_FIT}", "--anchor-precision", precision,
         ]
     )  # fmt: skip
     anchor = result["anchor"]
     assert len(anchor["accuracy"]) == 1 and 0.0 <= anchor["final_tta_accuracy"] <= 1.0
     assert anchor["steps_per_second"] == pytest.approx(1 / anchor["train_seconds"])
     assert anchor["wall_seconds"] > anchor["script_wall_seconds"] > anchor["train_seconds"] > 0
-    assert 0.0 < anchor["fraction_of_peak"] < 1.5 and "torch.bfloat16" in result["peak"]
+    assert 0.0 < anchor["fraction_of_peak"] < 1.5 and dtype in result["peak"]
     assert result["ratios"]["wall"] == pytest.approx(
         result["featvis"]["wall_seconds"] / anchor["wall_seconds"]
     )
-    assert any(
-        line.startswith("| anchor airbench94_cpu.py | bf16 autocast | 1 |") for line in result["table"]
+    assert any(line.startswith(f"| anchor airbench94_cpu.py | {label} | 1 |") for line in result["table"])
+
+
+def test_float32_shim_runs_a_script_with_its_autocast_disabled_and_its_arguments(tmp_path: Path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import sys, torch\n"
+        "with torch.autocast('cpu', dtype=torch.bfloat16):\n"
+        "    print((torch.ones(2, 2) @ torch.ones(2, 2)).dtype, sys.argv[1:], __name__)\n"
     )
+    plain = subprocess.run(
+        [sys.executable, str(script), "--x", "1"], capture_output=True, text=True, check=True
+    )
+    shimmed = subprocess.run(
+        [sys.executable, "-c", tta.FLOAT32_SHIM, str(script), "--x", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert plain.stdout.split()[0] == "torch.bfloat16"
+    assert shimmed.stdout.strip() == "torch.float32 ['--x', '1'] __main__"
 
 
 def test_gpu_check_refuses_a_machine_without_cuda_in_one_line(
