@@ -33,10 +33,12 @@ are not measured (nan); the other columns are.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
 import torch
+import yaml
 from torch import Tensor
 
 from benchmarks import common
@@ -86,6 +88,20 @@ def variants(diversity_layer: str, diversity_weight: float) -> list[tuple[str, d
         for scale in DIVERSITY_SCALES
     ]
     return [*VARIANTS, ("+ diversity", dict(defaults, **diverse)), *alternatives, *phase]
+
+
+def settings_of(pairs: list[str]) -> dict[str, Any]:
+    """``["lr=0.01", ...]`` as RenderConfig settings (values read as YAML), checked against its fields."""
+    fields = {field.name for field in dataclasses.fields(RenderConfig)}
+    settings = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or key not in fields:
+            raise ValueError(
+                f"--set {pair!r}: give KEY=VALUE with KEY one of RenderConfig's {sorted(fields)}."
+            )
+        settings[key] = yaml.safe_load(value)
+    return settings
 
 
 def quantise(rgb: Tensor) -> Tensor:
@@ -154,6 +170,7 @@ def run_ablation(
             "settings": dict(settings),
             "seconds": result.seconds,
             "transfer": scores["transfer"]["mean"],
+            "target_prob": scores["target_prob"],
             "transfer_per_model": {key: v for key, v in scores["transfer"].items() if key != "mean"},
             "spectral_gap": scores["spectral_gap"],
             "plausibility": scores["plausibility"]["mean"],
@@ -175,13 +192,14 @@ def run_ablation(
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The rows as a Markdown table."""
     lines = [
-        "| setting | transfer accuracy | spectral gap | plausibility | colour distance | diversity "
-        "| diversity vs real (refs) | robustness | render time |",
-        "| - | -: | -: | -: | -: | -: | -: | -: | -: |",
+        "| setting | transfer accuracy | target prob. (refs) | spectral gap | plausibility | colour distance "
+        "| diversity | diversity vs real (refs) | robustness | render time |",
+        "| - | -: | -: | -: | -: | -: | -: | -: | -: | -: |",
     ]
     for row in rows:
         lines.append(
-            f"| {row['name']} | {row['transfer']:.3f} | {row['spectral_gap']:.3f} | {row['plausibility']:.2f} "
+            f"| {row['name']} | {row['transfer']:.3f} | {row['target_prob']:.3f} | {row['spectral_gap']:.3f} "
+            f"| {row['plausibility']:.2f} "
             f"| {row['colour_distance']:.3f} | {row['diversity']:.2f} | {row['diversity_vs_real']:.2f} "
             f"| {row['robustness']:.2f} | {row['seconds']:.1f} s |"
         )
@@ -210,6 +228,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--k", type=int, default=10, help="nearest neighbours of the plausibility")
     parser.add_argument("--only", nargs="*", help="render only the rows whose name contains one of these")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="RenderConfig settings for every row, e.g. lr=0.01 init_std=0.05 (YAML values)",
+    )
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args(argv)
 
@@ -227,7 +252,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         real_labels,
         args.diversity_layer,
         args.diversity_weight,
-        RenderConfig(steps=args.steps, images_per_target=args.images_per_target, seed=args.seed),
+        RenderConfig(
+            steps=args.steps,
+            images_per_target=args.images_per_target,
+            seed=args.seed,
+            **settings_of(args.set),
+        ),
         args.k,
         spectra=spectra,
         only=args.only,
@@ -237,11 +267,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     classes = len(model.class_names)
     print(
         f"model: {args.ckpt} ({classes} classes x {args.images_per_target} images, {args.steps} steps, "
-        f"seed {args.seed}); references: {names}"
+        f"seed {args.seed}{''.join(f', {pair}' for pair in args.set)}); references: {names}"
     )
     print(markdown_table(rows))
     print(f"(ablation took {time.perf_counter() - start:.0f} s on {torch.get_num_threads()} threads)")
     settings = {"steps": args.steps, "images_per_target": args.images_per_target, "seed": args.seed}
+    settings |= settings_of(args.set)
     common.write_json({"ckpt": args.ckpt, **settings, "rows": rows}, args.json)
     return rows
 

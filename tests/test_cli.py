@@ -424,6 +424,10 @@ def test_default_config_reaches_75_percent_in_two_epochs(real_cifar_dir: Path, t
     [
         ("cifar10_wide.yaml", {"network": "speednet", "widths": [128, 384, 384], "val_tta": "flip"}),
         ("cifar10_small_cnn.yaml", {"network": "small_cnn", "widths": None, "tta": "flip"}),
+        (
+            "cifar10_speedrun.yaml",
+            {"lookahead": True, "batchnorm_momentum": 0.4, "stem_bias_epochs": 3, "final_lr_fraction": 0.07},
+        ),
     ],
 )
 def test_overlay_configs_change_only_what_they_name(
@@ -453,7 +457,8 @@ def test_overlay_configs_change_only_what_they_name(
     assert merged["trainer"]["logger"]["init_args"]["name"] == Path(overlay).stem
     # The merged model section builds (its values pass ClassifierModule's checks).
     model = ClassifierModule(**merged["model"])
-    assert model.hparams.widths == expected["widths"]
+    for key, value in expected.items():
+        assert model.hparams[key] == value, key
 
 
 @pytest.mark.parametrize(("fast_bf16", "expected"), [(False, "32-true"), (True, "bf16-mixed")])

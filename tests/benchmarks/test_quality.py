@@ -389,6 +389,7 @@ def test_ablation_renders_every_variant_and_scores_it(bigger_cifar, ref_paths, t
         # In the references' features, relative to real images' (the tiny references barely tell these apart).
         assert row["diversity_vs_real"] > 0.0 and math.isfinite(row["diversity_vs_real"])
         assert set(row["transfer_per_model"]) == {"preact_resnet_seed0", "vgg_avg_seed1"}
+        assert 0.0 < row["target_prob"] < 1.0
     # The diversity term pushes a class's pictures apart in the references' features too.
     assert trade[-1]["diversity_vs_real"] > rows[cumulative]["diversity_vs_real"]
     # The phase-only row keeps real images' amplitude spectra: its images differ from the 1/f defaults'.
@@ -396,6 +397,17 @@ def test_ablation_renders_every_variant_and_scores_it(bigger_cifar, ref_paths, t
     assert "| defaults, phase-only spectra of training images |" in printed
     # Fourier images have another spectrum than pixel images from the same start and steps.
     assert rows[2]["spectral_gap"] != rows[1]["spectral_gap"]
+
+
+def test_ablation_set_reads_render_settings_and_refuses_unknown_keys():
+    assert ablation.settings_of(["lr=0.01", "steps=256", "lr_schedule=constant"]) == {
+        "lr": 0.01,
+        "steps": 256,
+        "lr_schedule": "constant",
+    }
+    for bad in ("learning_rate=0.1", "lr"):
+        with pytest.raises(ValueError, match=f"--set '{bad}': give KEY=VALUE"):
+            ablation.settings_of([bad])
 
 
 def test_ablation_quantise_matches_png_levels():
