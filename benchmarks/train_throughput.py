@@ -39,7 +39,7 @@ from torchvision import transforms
 from benchmarks.common import load_config, make_parser, run_script
 from featvis.cifar import CIFAR10_FOLDER, TEST_BATCH, TRAIN_BATCHES, read_split
 from featvis.data import CIFARDataModule
-from featvis.model import SpeedNet
+from featvis.networks import SpeedNet
 
 LABEL_SMOOTHING = 0.2
 

@@ -15,15 +15,8 @@ from lightning.pytorch.loggers import Logger
 
 from featvis.colour import ColourTransform
 from featvis.data import CIFARDataModule
-from featvis.model import (
-    ClassifierModule,
-    Lookahead,
-    PatchWhitening,
-    SmallCNN,
-    SpeedNet,
-    build_network,
-    load_classifier,
-)
+from featvis.model import ClassifierModule, Lookahead, load_classifier
+from featvis.networks import PatchWhitening, SmallCNN, SpeedNet, build_network
 
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 TINY_WIDTHS = [8, 16, 16]

@@ -8,7 +8,7 @@ from helpers import TinyClassifier
 
 import benchmarks.render_speed as render_speed
 from featvis.engine import RenderConfig, resolve_autocast
-from featvis.model import SpeedNet
+from featvis.networks import SpeedNet
 
 
 def test_model_step_seconds_times_the_bare_network_without_touching_its_gradients():

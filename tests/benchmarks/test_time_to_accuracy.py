@@ -17,7 +17,7 @@ from torch import nn
 import benchmarks.gpu_check as gpu_check
 import benchmarks.time_to_accuracy as tta
 from benchmarks.common import REPO, run_script
-from featvis.model import SpeedNet
+from featvis.networks import SpeedNet
 
 ANCHOR = REPO.parent / "shared" / "anchors" / "airbench94_cpu.py"
 needs_anchor = pytest.mark.skipif(

@@ -9,7 +9,7 @@ import torch
 from helpers import noise_images, smooth_images
 from torch import nn
 
-from featvis.model import SpeedNet
+from featvis.networks import SpeedNet
 from featvis.quality.metrics import (
     TransferAccuracy,
     colour_distance,
