@@ -74,18 +74,19 @@ class Lookahead:
         if step == self._last_step:
             return
         self._last_step = step
+        update, last = step % self.every == 0, step >= total
+        if self.average is not None and not (update or last):
+            return  # most steps: no walk over the state dict
         state = {k: v for k, v in net.state_dict().items() if v.is_floating_point()}
         if self.average is None:  # the first step's weights start the average
             self.average = {k: v.detach().clone() for k, v in state.items()}
         # A restored average may sit on another device than the weights (checkpoints load to the CPU).
         self.average = {k: v.to(state[k]) for k, v in self.average.items()}
-        if step % self.every == 0:
-            decay = self.decay(step, total)
-            for key, value in state.items():
+        decay = self.decay(step, total) if update else 1.0
+        for key, value in state.items():
+            if update:
                 self.average[key].lerp_(value, 1 - decay)
-                value.copy_(self.average[key])
-        if step >= total:
-            for key, value in state.items():
+            if update or last:
                 value.copy_(self.average[key])
 
 
