@@ -107,7 +107,11 @@ def callback_args(config: dict, path: str | Path = CONFIG) -> dict:
 
 
 def load_references(paths: Sequence[str | Path]) -> list[Reference]:
-    """Load reference classifiers (``python -m benchmarks.quality train``), each named by its file's stem.
+    """Load reference classifiers, each named by its file's stem.
+
+    A ``.pt`` file is a reference model of ``python -m benchmarks.quality train``; a ``.ckpt`` file is a
+    ``featvis fit`` checkpoint (another run's classifier, read through its own input space; its record's
+    ``test_accuracy`` is NaN, since the checkpoint does not hold it).
 
     Raises:
         ValueError: no paths.
@@ -120,7 +124,16 @@ def load_references(paths: Sequence[str | Path]) -> list[Reference]:
         )
     references = []
     for path in paths:
-        model, info = load_reference(path)
+        if Path(path).suffix == ".ckpt":
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"reference checkpoint {path} not found.")
+            from featvis.model import load_classifier
+
+            classifier = load_classifier(path).eval()
+            model: nn.Module = RGBInput(classifier, classifier.colour).eval()
+            info: dict = {"arch": type(classifier.net).__name__, "test_accuracy": float("nan")}
+        else:
+            model, info = load_reference(path)
         references.append((Path(path).stem, model, info))
     return references
 

@@ -441,3 +441,20 @@ def test_colour_study_shows_the_phase_only_rows_contrast_is_the_real_images(
     picture = load_png(sheet)
     assert picture.shape[0] == 3 and 10 * 96 < picture.shape[1] < 10 * 96 + 120
     assert 16 * 96 < picture.shape[2] < 16 * 96 + 200
+
+
+def test_load_references_reads_a_featvis_checkpoint_through_its_own_input_space(bigger_cifar, tiny_ckpt):
+    from featvis.model import load_classifier
+
+    ((name, reference, info),) = common.load_references([str(tiny_ckpt)])
+    classifier = load_classifier(str(tiny_ckpt))
+    images, _ = read_split(cifar_folder(bigger_cifar), train=False)
+    rgb = images[:8].float() / 255
+    with torch.no_grad():
+        expected = classifier(classifier.colour.to_model(rgb))
+        got = reference(rgb)
+    assert name == "tiny" and math.isnan(info["test_accuracy"])
+    torch.testing.assert_close(got, expected)
+    assert not reference.training
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        common.load_references([str(tiny_ckpt.parent / "missing.ckpt")])
