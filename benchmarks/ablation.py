@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         "--refs",
         nargs="*",
         default=[],
-        help="reference model .pt files (python -m benchmarks.quality train); none: no transfer, plausibility",
+        help="reference models (.pt of benchmarks.quality train, or featvis .ckpt); none: no transfer, plausibility",
     )
     parser.add_argument("--data-dir", default="data", help="folder containing cifar-10-batches-py")
     parser.add_argument("--diversity-layer", default="net.group2", help="layer of the diversity term (row 5)")

@@ -284,7 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
         ("score-real", "calibration"),
     ):
         cmd = sub.add_parser(name, help=helptext)
-        cmd.add_argument("--refs", nargs="+", default=[], help="reference model .pt files")
+        cmd.add_argument(
+            "--refs",
+            nargs="+",
+            default=[],
+            help="reference models: .pt files of `train`, or featvis fit .ckpt files",
+        )
         cmd.add_argument("--data-dir", default="data", help="folder containing cifar-10-batches-py")
         cmd.add_argument("--k", type=int, default=10, help="nearest neighbours of the plausibility")
         cmd.add_argument("--json", help="write the numbers here")
