@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 from benchmarks.reference_models import cifar_folder, load_reference
+from featvis.checkpoints import load_module
 from featvis.cifar import read_class_names, read_split
 from featvis.cli.fit import main as featvis_main
 from featvis.engine import RenderConfig, resolve_autocast
@@ -115,7 +116,8 @@ def load_references(paths: Sequence[str | Path]) -> list[Reference]:
 
     Raises:
         ValueError: no paths.
-        FileNotFoundError: a file is missing.
+        FileNotFoundError: a ``.pt`` file is missing.
+        featvis.checkpoints.CheckpointError: a ``.ckpt`` file is missing or is not a featvis checkpoint.
     """
     if not paths:
         raise ValueError(
@@ -125,11 +127,7 @@ def load_references(paths: Sequence[str | Path]) -> list[Reference]:
     references = []
     for path in paths:
         if Path(path).suffix == ".ckpt":
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"reference checkpoint {path} not found.")
-            from featvis.model import load_classifier
-
-            classifier = load_classifier(path).eval()
+            classifier = load_module(path)
             model: nn.Module = RGBInput(classifier, classifier.colour).eval()
             info: dict = {"arch": type(classifier.net).__name__, "test_accuracy": float("nan")}
         else:

@@ -25,6 +25,7 @@ from benchmarks.reference_models import (
     load_reference,
     train_reference,
 )
+from featvis.checkpoints import CheckpointError
 from featvis.cifar import read_class_names, read_split
 from featvis.engine import RenderConfig
 from featvis.hidden import SheetConfig
@@ -456,5 +457,5 @@ def test_load_references_reads_a_featvis_checkpoint_through_its_own_input_space(
     assert name == "tiny" and math.isnan(info["test_accuracy"])
     torch.testing.assert_close(got, expected)
     assert not reference.training
-    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+    with pytest.raises(CheckpointError, match="missing.ckpt does not exist"):
         common.load_references([str(tiny_ckpt.parent / "missing.ckpt")])
