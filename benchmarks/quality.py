@@ -157,9 +157,12 @@ def _cmd_train(args: argparse.Namespace) -> dict:
     summary = {}
     for arch, seed in zip(args.archs, args.seeds, strict=True):
         out = Path(args.out_dir) / f"{arch}_seed{seed}.pt"
-        # bf16 only where the CPU runs it natively: elsewhere (AVX2 only) it is emulated, about 20x slower.
-        bf16 = resolve_autocast("auto", torch.device("cpu"), torch.float32) is not None
-        record = train_reference(arch, seed, args.data_dir, args.epochs, out, lr=args.lr, bf16=bf16)
+        # bf16 only where the device runs it natively: CPUs with AVX2 only emulate it, about 20x slower.
+        device = torch.device(args.device)
+        bf16 = resolve_autocast("auto", device, torch.float32) is not None
+        record = train_reference(
+            arch, seed, args.data_dir, args.epochs, out, lr=args.lr, bf16=bf16, device=device
+        )
         summary[out.stem] = {
             "test_accuracy": record["test_accuracy"],
             "train_seconds": record["train_seconds"],
@@ -276,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seeds", nargs="+", type=int, default=[1, 2], help="one seed per architecture")
     train.add_argument("--epochs", type=int, default=5)
     train.add_argument("--lr", type=float, default=0.4)
+    train.add_argument("--device", default="cpu", help="where to train, e.g. cuda (default cpu)")
     train.add_argument("--out-dir", default=str(DEFAULT_REF_DIR))
     train.add_argument("--json", help="write test accuracies and training times here")
     for name, helptext in (

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from featvis.colour import InputSpace
+from featvis.engine import device_and_dtype
 from featvis.probe import layer_activations
 
 #: Measures images: ``(N, 3, H, W)`` RGB in [0, 1] -> ``(N,)`` each image's own unit's activation.
@@ -124,7 +125,11 @@ def unit_measure(
         neuron: measure the centre neuron instead of the channel mean.
     """
 
+    device = device_and_dtype(model)[0]
+
     def measure(rgb: Tensor) -> Tensor:
+        # The recorded images are kept on the CPU; the input space lives where the model does (e.g. CUDA).
+        rgb = rgb.to(device)
         x = colour.to_model(rgb) if colour is not None else rgb
         acts, values, row = layer_activations(model, layers, x, neuron=neuron), [], 0
         for layer in layers:
