@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from featvis.cifar import CIFAR10_FOLDER, read_class_names, read_split
 from featvis.data import random_crop_flip
+from featvis.engine import device_and_dtype
 from featvis.model import warmup_linear_decay
 
 
@@ -234,7 +235,7 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int =
     """
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels.")
-    device = next(model.parameters()).device  # batches go where the model is; labels are compared on the CPU
+    device = device_and_dtype(model)[0]  # batches go where the model is; labels are compared on the CPU
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     correct = 0
