@@ -155,11 +155,11 @@ def _cmd_train(args: argparse.Namespace) -> dict:
             f"--archs has {len(args.archs)} entries but --seeds {len(args.seeds)}; give one seed per architecture."
         )
     summary = {}
+    # bf16 only where the device runs it natively: CPUs with AVX2 only emulate it, about 20x slower.
+    device = torch.device(args.device)
+    bf16 = resolve_autocast("auto", device, torch.float32) is not None
     for arch, seed in zip(args.archs, args.seeds, strict=True):
         out = Path(args.out_dir) / f"{arch}_seed{seed}.pt"
-        # bf16 only where the device runs it natively: CPUs with AVX2 only emulate it, about 20x slower.
-        device = torch.device(args.device)
-        bf16 = resolve_autocast("auto", device, torch.float32) is not None
         record = train_reference(
             arch, seed, args.data_dir, args.epochs, out, lr=args.lr, bf16=bf16, device=device
         )
