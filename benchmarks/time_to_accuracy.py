@@ -19,6 +19,11 @@ shared CPU run it alone, from the repository root::
 
 A smoke run in seconds: ``--epochs 1 --max-train-batches 2 --max-eval-batches 1 --anchor-epochs 0.05`` (or
 ``--skip-anchor``), with ``--fit-args "--featvis.config.steps 4"`` for a short render.
+
+On a GPU (``--device auto`` picks CUDA where it is available, as ``featvis fit``'s ``accelerator: auto`` does) both
+runs train there: featvis with the config's ``bf16-mixed``, the anchor as a CUDA copy written by
+``tools/device/anchor_to_cuda.py`` (the same recipe, its tensors on the GPU, bf16 autocast there), and the
+microbenchmark runs on the GPU. A script that already takes ``--device`` (such a copy) is run as it is.
 """
 
 from __future__ import annotations
@@ -42,11 +47,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import machine_label, make_parser, run_featvis_fit, run_script, write_json
+from benchmarks.common import REPO, machine_label, make_parser, run_featvis_fit, run_script, write_json
 from featvis.cifar import CIFAR10_FOLDER, read_split
 
 DEFAULT_ANCHOR = Path("../shared/anchors/airbench94_cpu.py")
 DEFAULT_DATA = Path("../shared/cifar10")
+#: Writes a CUDA copy of the CPU anchor (its edits fail loudly if the anchor script changed).
+ANCHOR_TO_CUDA = REPO / "tools" / "device" / "anchor_to_cuda.py"
 #: The anchor trains under ``torch.autocast("cpu", dtype=torch.bfloat16)`` on every CPU (see its docstring).
 ANCHOR_DTYPE = torch.bfloat16
 #: Runs the anchor script (``sys.argv[1]``, its arguments after it) with every ``torch.autocast`` disabled, so it
@@ -64,13 +71,19 @@ FLOAT32_SHIM = (
 
 
 def conv_throughput(
-    dtype: torch.dtype, batch: int = 64, channels: int = 256, size: int = 16, min_seconds: float = 1.0
+    dtype: torch.dtype,
+    batch: int = 64,
+    channels: int = 256,
+    size: int = 16,
+    min_seconds: float = 1.0,
+    device: torch.device | str = "cpu",
 ) -> dict[str, float]:
     """FLOP/s of a ``channels -> channels`` 3x3 convolution (padding 1) on ``(batch, channels, size, size)``.
 
-    Weights and input are in ``dtype`` and channels-last memory, as in training; the FLOPs of one call are
-    counted by FlopCounterMode (a multiply-add is 2 FLOPs) on an untimed first call, then calls are timed until
-    ``min_seconds`` have passed (at least three).
+    Weights and input are in ``dtype`` and channels-last memory on ``device``, as in training; the FLOPs of one
+    call are counted by FlopCounterMode (a multiply-add is 2 FLOPs) on an untimed first call, then calls are
+    timed until ``min_seconds`` have passed (at least three). On CUDA every call is synchronised, so the time is
+    the kernel's, not its launch's.
 
     Returns:
         ``{"flops": per call, "seconds": per call, "flop_per_second"}``.
@@ -79,17 +92,21 @@ def conv_throughput(
         raise ValueError(
             f"conv_throughput needs positive sizes, got batch={batch} channels={channels} size={size}."
         )
+    device = torch.device(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     generator = torch.Generator().manual_seed(0)
-    conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False).to(dtype)
+    conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False).to(device, dtype)
     conv = conv.to(memory_format=torch.channels_last)
-    images = torch.randn(batch, channels, size, size, generator=generator).to(dtype)
+    images = torch.randn(batch, channels, size, size, generator=generator).to(device, dtype)
     images = images.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         with FlopCounterMode(display=False) as counter:
             conv(images)
+        sync()
         calls, start = 0, time.perf_counter()
         while calls < 3 or time.perf_counter() - start < min_seconds:
             conv(images)
+            sync()
             calls += 1
         seconds = (time.perf_counter() - start) / calls
     flops = float(counter.get_total_flops())
@@ -104,11 +121,12 @@ def training_step_flops(net: nn.Module, batch: int, size: int = 32, probe: int =
     Frozen weights (a whitening stem) cost no weight gradient, as in training.
     """
     copied = copy.deepcopy(net).train()
-    images = torch.randn(probe, 3, size, size, generator=torch.Generator().manual_seed(0))
+    device = next(copied.parameters()).device  # a net trained on a GPU is counted there
+    images = torch.randn(probe, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     images = images.contiguous(memory_format=torch.channels_last)
     with FlopCounterMode(display=False) as counter:
         logits = copied(images)
-        F.cross_entropy(logits.float(), torch.zeros(probe, dtype=torch.long)).backward()
+        F.cross_entropy(logits.float(), torch.zeros(probe, dtype=torch.long, device=device)).backward()
     return counter.get_total_flops() * batch / probe
 
 
@@ -203,6 +221,29 @@ def run_anchor(
     }
 
 
+def anchor_for(path: Path, device: torch.device, folder: Path) -> Path:
+    """The anchor script to run on ``device``: ``path`` itself on a CPU or when it already takes ``--device``,
+    else its CUDA copy written into ``folder`` by ``tools/device/anchor_to_cuda.py``.
+
+    Raises:
+        RuntimeError: the copy could not be made (the anchor script changed where the edits apply).
+    """
+    if device.type == "cpu" or 'add_argument("--device"' in path.read_text():
+        return path
+    target = folder / f"{path.stem}_{device.type}.py"
+    made = subprocess.run(
+        [sys.executable, str(ANCHOR_TO_CUDA), str(path), str(target)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if made.returncode:
+        raise RuntimeError(
+            f"could not make a {device.type} copy of {path}: {made.stderr.strip() or made.stdout}"
+        )
+    return target
+
+
 def _dtype_of(precision: str) -> torch.dtype:
     return torch.bfloat16 if "bf16" in precision else torch.float32
 
@@ -242,6 +283,23 @@ def _featvis_args(args: argparse.Namespace) -> list[str]:
     return extra + shlex.split(args.fit_args)
 
 
+def _anchor_run(
+    args: argparse.Namespace, device: torch.device, float32: bool, scratch: Path
+) -> dict[str, Any]:
+    """Run the anchor (its CUDA copy on a GPU) and add its rates and FLOPs per step to :func:`run_anchor`'s."""
+    net, hyp = anchor_network(args.anchor, args.widths)
+    script = anchor_for(args.anchor, device, scratch)
+    anchor = run_anchor(script, args.data, args.anchor_epochs, args.widths, float32)
+    train_images = read_split(args.data / CIFAR10_FOLDER, train=True)[1].numel()
+    steps = math.ceil(train_images // hyp["bs"] * args.anchor_epochs)
+    anchor["train_total_seconds"] = anchor["train_seconds"]
+    anchor["steps_per_second"] = steps / anchor["train_seconds"]
+    anchor["images_per_second"] = steps * hyp["bs"] / anchor["train_seconds"]
+    anchor["flops_per_step"] = training_step_flops(net, int(hyp["bs"]))
+    anchor["precision"] = "float32 (autocast off)" if float32 else "bf16 autocast"
+    return anchor
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run both trainings and the microbenchmark, print the table, and return the numbers.
 
@@ -258,6 +316,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--anchor", type=Path, default=DEFAULT_ANCHOR, help=f"anchor script ({DEFAULT_ANCHOR})"
     )
     parser.add_argument("--skip-anchor", action="store_true", help="run featvis and the microbenchmark only")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where both runs and the microbenchmark run; auto: cuda where available, as accelerator: auto",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="featvis max_epochs (default: the config's)")
     parser.add_argument(
         "--anchor-epochs", type=float, default=9.9, help="the anchor's --epochs (default 9.9)"
@@ -295,37 +359,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise ValueError(f"--anchor-epochs must be positive, got {args.anchor_epochs}.")
 
     machine = machine_label()
-    anchor_float32 = args.anchor_precision == "float32" or (
-        args.anchor_precision == "auto" and not machine["native_bf16"]
+    device = torch.device(
+        args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     )
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available; pass --device cpu or auto.")
+    # bf16 where the device has it natively (every CUDA GPU this runs on, CPUs with AVX-512 bf16 or AMX).
+    anchor_float32 = args.anchor_precision == "float32" or (
+        args.anchor_precision == "auto" and device.type == "cpu" and not machine["native_bf16"]
+    )
+    accelerator = ["--trainer.accelerator", "gpu" if device.type == "cuda" else "cpu"]
     with tempfile.TemporaryDirectory(prefix="featvis-tta-") as scratch:
-        ours, cli = run_featvis_fit(args.data, args.log_dir or scratch, _featvis_args(args))
+        ours, cli = run_featvis_fit(args.data, args.log_dir or scratch, accelerator + _featvis_args(args))
+        anchor = None if args.skip_anchor else _anchor_run(args, device, anchor_float32, Path(scratch))
     ours["train_total_seconds"] = sum(ours["train_seconds"])
     ours["steps_per_second"] = sum(ours["steps"]) / ours["train_total_seconds"]
     ours["images_per_second"] = sum(ours["images"]) / ours["train_total_seconds"]
     ours["flops_per_step"] = training_step_flops(cli.model.net, int(cli.datamodule.hparams["batch_size"]))
     dtypes = {_dtype_of(ours["precision"])}
-
-    anchor: dict[str, Any] | None = None
-    if not args.skip_anchor:
-        net, hyp = anchor_network(args.anchor, args.widths)
-        anchor = run_anchor(args.anchor, args.data, args.anchor_epochs, args.widths, anchor_float32)
-        train_images = read_split(folder, train=True)[1].numel()
-        steps = math.ceil(train_images // hyp["bs"] * args.anchor_epochs)
-        anchor["train_total_seconds"] = anchor["train_seconds"]
-        anchor["steps_per_second"] = steps / anchor["train_seconds"]
-        anchor["images_per_second"] = steps * hyp["bs"] / anchor["train_seconds"]
-        anchor["flops_per_step"] = training_step_flops(net, int(hyp["bs"]))
-        anchor["precision"] = "float32 (autocast off)" if anchor_float32 else "bf16 autocast"
+    if anchor is not None:
         dtypes.add(torch.float32 if anchor_float32 else ANCHOR_DTYPE)
 
     batch, channels, side = args.peak_size
     peak = {
-        str(dtype): conv_throughput(dtype, batch, channels, side, args.peak_seconds)
+        str(dtype): conv_throughput(dtype, batch, channels, side, args.peak_seconds, device)
         for dtype in sorted(dtypes, key=str)
     }
     table = [
-        f"Time to accuracy on {machine['cpu']} ({machine['cpu_cores']} cores, native bf16: "
+        (f"Time to accuracy on {machine['gpu']} (host: " if device.type == "cuda" else "Time to accuracy on ")
+        + f"{machine['cpu']} ({machine['cpu_cores']} cores, native bf16: "
         f"{'yes' if machine['native_bf16'] else 'no'}, {machine['torch_threads']} torch threads), data {args.data}",
         "",
         "| run | precision | epochs | wall s | train s | train images/s | steps/s | GFLOP/step | achieved GFLOP/s "

@@ -62,6 +62,30 @@ def test_conv_throughput_counts_the_conv_and_times_it() -> None:
         tta.conv_throughput(torch.float32, channels=0)
 
 
+@needs_anchor
+def test_anchor_for_a_gpu_is_a_cuda_copy_of_the_cpu_anchor_and_a_copy_runs_as_it_is(tmp_path: Path) -> None:
+    assert tta.anchor_for(ANCHOR, torch.device("cpu"), tmp_path) == ANCHOR
+    copy = tta.anchor_for(ANCHOR, torch.device("cuda"), tmp_path)
+    text = copy.read_text()
+    assert copy.parent == tmp_path and 'p.add_argument("--device", default="cuda")' in text
+    assert "net = net.to(device=DEV, memory_format=torch.channels_last)" in text
+    # The recipe is untouched: every line of the anchor that mentions its hyperparameters survives verbatim.
+    recipe = [line for line in ANCHOR.read_text().splitlines() if "hyp" in line]
+    assert recipe == [line for line in text.splitlines() if "hyp" in line]
+    # A script that takes --device already (such a copy) is run as it is.
+    assert tta.anchor_for(copy, torch.device("cuda"), tmp_path / "again") == copy
+    changed = tmp_path / "changed.py"
+    changed.write_text(ANCHOR.read_text().replace("perm = torch.randperm(len(imgs))", "perm = None"))
+    with pytest.raises(RuntimeError, match="could not make a cuda copy of .*changed.py: error: .*randperm"):
+        tta.anchor_for(changed, torch.device("cuda"), tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_device_cuda_without_a_gpu_is_refused_before_any_training(cifar_dir: Path) -> None:
+    with pytest.raises(ValueError, match="--device cuda: no CUDA device is available"):
+        tta.main(["--data", str(cifar_dir), "--skip-anchor", "--device", "cuda"])
+
+
 def test_featvis_smoke_run_fills_the_table(
     cifar_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

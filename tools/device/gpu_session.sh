@@ -1,8 +1,10 @@
 #!/bin/bash
 # The GPU checks of a lent device machine, as one command (tools/device/README.md says how to call it).
 # Needs: /tmp/cifar staged by the first call (tools/device/stage.sh), .gpudata2 and .whl carried.
-# Prints and writes to $OUT: benchmarks.gpu_check of the default config and of the 10-epoch candidate (each alone
-# on the GPU, timed), the anchor's CUDA copy, then SWEEP rows in parallel (accuracy only; timings are shared).
+# Prints and writes to $OUT: benchmarks.gpu_check of the default config (its featvis PNGs, timeline included,
+# kept under logs/default_run) and of the speedrun overlay (each alone on the GPU, timed), the anchor's CUDA
+# copy, benchmarks.time_to_accuracy (the default beside the anchor's CUDA copy), then SWEEP rows in parallel
+# (accuracy only; timings are shared).
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 T0=$SECONDS; BUDGET=${BUDGET:-480}
 [ -f /tmp/cifar/cifar-10-batches-py/data_batch_1 ] || { echo "the first half of the data is missing: run stage.sh first"; exit 3; }
@@ -10,17 +12,24 @@ T0=$SECONDS; BUDGET=${BUDGET:-480}
 export PYTHONPATH=/tmp/site:$PWD
 python3 tools/device/pack_cifar.py unpack .gpudata2 /tmp/cifar/cifar-10-batches-py || exit 1
 D=/tmp/cifar; L=/tmp/logs; mkdir -p $L
-finish() { tar czf $OUT/logs.tgz -C /tmp logs; ls -la $OUT; }
+finish() { tar czf $OUT/logs.tgz --exclude='*.ckpt' -C /tmp logs; ls -la $OUT; }
 trap finish EXIT
 left() { echo $(( BUDGET - (SECONDS - T0) )); }
 python3 -m pytest -q -p no:cacheprovider tests/test_warm.py 2>&1 | tail -2   # the CUDA-only tests
-for run in "default:" "candidate:--config configs/cifar10_speedrun.yaml"; do
+for run in "default:" "speedrun:--config configs/cifar10_speedrun.yaml"; do
   name=${run%%:*}
-  timeout 200 python3 -m benchmarks.gpu_check --data $D --json $L/gpu_check_$name.json --fit-args "${run#*:}" > $L/gpu_check_$name.log 2>&1
+  timeout 200 python3 -m benchmarks.gpu_check --data $D --json $L/gpu_check_$name.json --log-dir $L/${name}_run \
+    --fit-args "${run#*:}" > $L/gpu_check_$name.log 2>&1
   echo "gpu_check $name rc=$? at $((SECONDS-T0)) s"; grep -v -i warn $L/gpu_check_$name.log | grep -A40 "^Default config on"
 done
 [ -f .gpu/anchor_cuda.py ] && timeout 60 python3 .gpu/anchor_cuda.py --data $D --seed 0 > $L/anchor_s0.log 2>&1
 tail -1 $L/anchor_s0.log 2>/dev/null
+# The side-by-side table of issue 14: the default config, then the anchor's CUDA copy, in one invocation.
+if [ -f .gpu/anchor_cuda.py ]; then
+  timeout 300 python3 -m benchmarks.time_to_accuracy --data $D --anchor .gpu/anchor_cuda.py \
+    --json $L/time_to_accuracy.json > $L/time_to_accuracy.log 2>&1
+  echo "time_to_accuracy rc=$? at $((SECONDS-T0)) s"; grep -A12 "^Time to accuracy on" $L/time_to_accuracy.log
+fi
 # SWEEP: one row per line, "name|featvis fit arguments" (layered over the default config, as gpu_check does).
 while IFS='|' read -r name args; do
   [ -n "$name" ] || continue
