@@ -245,8 +245,16 @@ def machine_label() -> dict[str, Any]:
     }
 
 
-def _sync() -> None:
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+def sync(device: torch.device | None = None) -> None:
+    """Wait for ``device``'s queued work (a no-op off CUDA), so a timer reads the work, not its launch.
+
+    Args:
+        device: the device to wait for; None waits for CUDA when this process has started it.
+    """
+    if device is not None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    elif torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()
 
 
@@ -272,7 +280,7 @@ class FitTimer(Callback):
         self._train_end: float | None = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        _sync()
+        sync()
         self._epoch_start, self._train_end = time.perf_counter(), None
         self.steps.append(0)
         self.images.append(0)
@@ -286,14 +294,14 @@ class FitTimer(Callback):
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        _sync()
+        sync()
         self._val_start = time.perf_counter()
         if self._train_end is None and trainer.state.fn == "fit":
             self._train_end = self._val_start
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
-            _sync()
+            sync()
             self.val_seconds.append(time.perf_counter() - self._val_start)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -304,7 +312,7 @@ class FitTimer(Callback):
         self.accuracy.append(float(trainer.callback_metrics[names[0]]))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        _sync()
+        sync()
         end = time.perf_counter()
         self.epoch_seconds.append(end - self._epoch_start)
         self.train_seconds.append((self._train_end or end) - self._epoch_start)

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import REPO, machine_label, make_parser, run_featvis_fit, run_script, write_json
+from benchmarks.common import REPO, machine_label, make_parser, run_featvis_fit, run_script, sync, write_json
 from featvis.cifar import CIFAR10_FOLDER, read_split
 
 DEFAULT_ANCHOR = Path("../shared/anchors/airbench94_cpu.py")
@@ -93,7 +93,6 @@ def conv_throughput(
             f"conv_throughput needs positive sizes, got batch={batch} channels={channels} size={size}."
         )
     device = torch.device(device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     generator = torch.Generator().manual_seed(0)
     conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False).to(device, dtype)
     conv = conv.to(memory_format=torch.channels_last)
@@ -102,11 +101,11 @@ def conv_throughput(
     with torch.no_grad():
         with FlopCounterMode(display=False) as counter:
             conv(images)
-        sync()
+        sync(device)
         calls, start = 0, time.perf_counter()
         while calls < 3 or time.perf_counter() - start < min_seconds:
             conv(images)
-            sync()
+            sync(device)
             calls += 1
         seconds = (time.perf_counter() - start) / calls
     flops = float(counter.get_total_flops())

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from benchmarks.common import load_config, make_parser, run_script
+from benchmarks.common import load_config, make_parser, run_script, sync
 from featvis.cifar import CIFAR10_FOLDER, TEST_BATCH, TRAIN_BATCHES, read_split
 from featvis.data import CIFARDataModule
 from featvis.networks import SpeedNet
@@ -94,11 +94,6 @@ def _cycle(make_loader: Callable[[], DataLoader]) -> Iterator:
         yield from make_loader()
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _train_steps(
     next_batch: Callable[[], tuple[Tensor, Tensor]],
     net: nn.Module,
@@ -114,7 +109,7 @@ def _train_steps(
     start = 0.0
     for step in range(warmup + steps):
         if step == warmup:
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
         images, labels = next_batch()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -123,7 +118,7 @@ def _train_steps(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    _sync(device)
+    sync(device)
     return time.perf_counter() - start, float(loss.detach())
 
 
@@ -187,11 +182,11 @@ def _time_data_only(
 ) -> float:
     for _ in range(warmup):
         next_batch()
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         next_batch()
-    _sync(device)
+    sync(device)
     return time.perf_counter() - start
 
 
