@@ -282,12 +282,9 @@ def _featvis_args(args: argparse.Namespace) -> list[str]:
     return extra + shlex.split(args.fit_args)
 
 
-def _anchor_run(
-    args: argparse.Namespace, device: torch.device, float32: bool, scratch: Path
-) -> dict[str, Any]:
-    """Run the anchor (its CUDA copy on a GPU) and add its rates and FLOPs per step to :func:`run_anchor`'s."""
+def _anchor_run(args: argparse.Namespace, script: Path, float32: bool) -> dict[str, Any]:
+    """Run ``script`` (the anchor, or its CUDA copy) and add its rates and FLOPs per step to :func:`run_anchor`'s."""
     net, hyp = anchor_network(args.anchor, args.widths)
-    script = anchor_for(args.anchor, device, scratch)
     anchor = run_anchor(script, args.data, args.anchor_epochs, args.widths, float32)
     train_images = read_split(args.data / CIFAR10_FOLDER, train=True)[1].numel()
     steps = math.ceil(train_images // hyp["bs"] * args.anchor_epochs)
@@ -369,8 +366,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     accelerator = ["--trainer.accelerator", "gpu" if device.type == "cuda" else "cpu"]
     with tempfile.TemporaryDirectory(prefix="featvis-tta-") as scratch:
+        # The anchor's CUDA copy is made first: a changed anchor script fails before any training.
+        script = None if args.skip_anchor else anchor_for(args.anchor, device, Path(scratch))
         ours, cli = run_featvis_fit(args.data, args.log_dir or scratch, accelerator + _featvis_args(args))
-        anchor = None if args.skip_anchor else _anchor_run(args, device, anchor_float32, Path(scratch))
+        anchor = None if script is None else _anchor_run(args, script, anchor_float32)
     ours["train_total_seconds"] = sum(ours["train_seconds"])
     ours["steps_per_second"] = sum(ours["steps"]) / ours["train_total_seconds"]
     ours["images_per_second"] = sum(ours["images"]) / ours["train_total_seconds"]
