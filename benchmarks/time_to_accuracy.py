@@ -160,6 +160,7 @@ def anchor_network(path: str | Path, widths: Sequence[int] | None = None) -> tup
         "F": F,
         "math": math,
         "w": list(widths or (64, 256, 256)),
+        "DEV": torch.device("cpu"),  # its CUDA copy (tools/device/anchor_to_cuda.py) moves `net` to DEV
     }
     exec(compile(ast.Module(body=keep, type_ignores=[]), str(path), "exec"), namespace)
     if not isinstance(namespace.get("net"), nn.Module) or not isinstance(namespace.get("hyp"), dict):

@@ -72,8 +72,10 @@ def test_anchor_for_a_gpu_is_a_cuda_copy_of_the_cpu_anchor_and_a_copy_runs_as_it
     # The recipe is untouched: every line of the anchor that mentions its hyperparameters survives verbatim.
     recipe = [line for line in ANCHOR.read_text().splitlines() if "hyp" in line]
     assert recipe == [line for line in text.splitlines() if "hyp" in line]
-    # A script that takes --device already (such a copy) is run as it is.
+    # A script that takes --device already (such a copy) is run as it is, and its network is counted alike.
     assert tta.anchor_for(copy, torch.device("cuda"), tmp_path / "again") == copy
+    flops = [tta.training_step_flops(tta.anchor_network(script)[0], 1) for script in (ANCHOR, copy)]
+    assert flops[0] == flops[1] > 0
     changed = tmp_path / "changed.py"
     changed.write_text(ANCHOR.read_text().replace("perm = torch.randperm(len(imgs))", "perm = None"))
     with pytest.raises(RuntimeError, match="could not make a cuda copy of .*changed.py: error: .*randperm"):
