@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal, get_args
 
 import lightning as L
@@ -248,10 +249,21 @@ class ClassifierModule(L.LightningModule):
             # A frozen parameter gets no gradient, and SGD skips parameters without one (momentum included).
             stem.conv.bias.requires_grad_(self.current_epoch < epochs)
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(
+        self,
+        epoch: int,
+        batch_idx: int,
+        optimizer: Any,
+        optimizer_closure: Callable[[], Any] | None = None,
+    ) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         if self.lookahead is not None:
+            # Here and not in on_train_batch_end: Lightning runs the callbacks' batch-end hooks first, so a
+            # checkpoint saved every n steps (ModelCheckpoint(every_n_train_steps=n)) would hold the weights
+            # before this step's average, and the final one the weights before the final sync. The trainer counts
+            # this step as done only after this hook returns, hence + 1.
             total = max(1, int(self.trainer.estimated_stepping_batches))
-            self.lookahead.step(self.net, self.trainer.global_step, total)
+            self.lookahead.step(self.net, self.trainer.global_step + 1, total)
 
     def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         return F.cross_entropy(logits.float(), labels, label_smoothing=self.hparams["label_smoothing"])

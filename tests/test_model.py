@@ -437,6 +437,33 @@ class _StopAfterFirstEpoch(L.Callback):
         trainer.should_stop = True  # an interrupted run: the schedule still spans max_epochs
 
 
+def test_step_checkpoints_hold_the_lookahead_weights_of_their_step(cifar_dir: Path, tmp_path: Path) -> None:
+    """A checkpoint every 5 steps lands on the lookahead's update steps: it must hold the weights after that
+    step's averaging (ModelCheckpoint saves in its batch-end hook, which Lightning runs before the module's), and
+    the last one the final synced weights, the ones the module ends with."""
+    torch.manual_seed(0)
+    model = ClassifierModule(widths=TINY_WIDTHS, lr=0.05, lookahead=True)
+    every = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=5, save_top_k=-1, save_last=True)
+    trainer = L.Trainer(
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        max_epochs=2,
+        logger=False,
+        callbacks=[every],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=CIFARDataModule(data_dir=str(cifar_dir), batch_size=20, eval_batch_size=50))
+    assert trainer.global_step == 10
+    first = torch.load(tmp_path / "ckpt" / "epoch=0-step=5.ckpt", weights_only=False)
+    for name, value in first["lookahead"].items():  # step 5 averaged: the weights are the average
+        torch.testing.assert_close(first["state_dict"][f"net.{name}"], value, rtol=0, atol=0, msg=name)
+    last = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 10
+    for name, value in model.net.state_dict().items():
+        torch.testing.assert_close(last["state_dict"][f"net.{name}"], value, rtol=0, atol=0, msg=name)
+
+
 def test_lookahead_resumes_exactly_from_its_checkpoint(cifar_dir: Path, tmp_path: Path) -> None:
     """Two epochs straight, and the same two-epoch run stopped after one and resumed, give the same weights: the
     average travels in the checkpoint (without it the resumed run would restart it from its first step)."""
