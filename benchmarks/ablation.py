@@ -13,9 +13,12 @@ and, beside row 4, the alternatives to featvis's defaults (``ALTERNATIVES``), ea
 
     phase-only spectra     each image keeps the amplitude spectrum of a real training image and only its phase
                            is optimised (``parameterisation="phase"``, as MACO does) instead of the 1/f prior
+    phase-only, mean       every image keeps the mean amplitude spectrum of the training images (MACO's own
+                           choice, ``phase_spectrum="mean"``)
 
 and then phase-only pictures with the diversity term at ``DIVERSITY_SCALES`` times ``--diversity-weight`` (the
-trade-off between within-class diversity and recognisability). ``--only WORD ...`` renders the rows whose name
+trade-off between within-class diversity and recognisability), acting in all the steps and, again, in the first
+half only (``DIVERSITY_UNTIL``). ``--only WORD ...`` renders the rows whose name
 contains one of the words.
 
 Every row uses the same seed, steps and learning rate; only the named ingredient changes. Images are rounded to
@@ -63,6 +66,10 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
 # (row label, the one setting of featvis's defaults (row 4) that the row changes).
 ALTERNATIVES: list[tuple[str, dict[str, Any]]] = [
     ("defaults, phase-only spectra of training images", {"parameterisation": "phase"}),
+    (
+        "defaults, phase-only with the mean spectrum (MACO)",
+        {"parameterisation": "phase", "phase_spectrum": "mean"},
+    ),
 ]
 #: Training images whose amplitude spectra the phase-only rows keep (drawn with the ablation's seed).
 SPECTRA_IMAGES = 2000
@@ -71,6 +78,9 @@ SPECTRA_IMAGES = 2000
 #: Weights of the diversity term on phase-only pictures, as multiples of ``--diversity-weight``: the trade-off
 #: between within-class diversity and recognisability.
 DIVERSITY_SCALES = (1.0, 2.0, 3.0, 4.0)
+#: Fractions of the steps the diversity term acts in (``diversity_until``): 1 for the whole render, 0.5 for the
+#: first half, after which the pictures are optimised for their targets alone.
+DIVERSITY_UNTIL = (1.0, 0.5)
 
 
 def variants(diversity_layer: str, diversity_weight: float) -> list[tuple[str, dict[str, Any]]]:
@@ -81,10 +91,13 @@ def variants(diversity_layer: str, diversity_weight: float) -> list[tuple[str, d
     alternatives = [(name, dict(defaults, **change)) for name, change in ALTERNATIVES]
     phase = [
         (
-            f"phase-only + diversity term (weight {diversity_weight * scale:g})",
+            f"phase-only + diversity term (weight {diversity_weight * scale:g}"
+            + (")" if until == 1.0 else f", first {until:.0%} of the steps)"),
             dict(defaults, **diverse)
-            | {"parameterisation": "phase", "diversity_weight": diversity_weight * scale},
+            | {"parameterisation": "phase", "diversity_weight": diversity_weight * scale}
+            | ({} if until == 1.0 else {"diversity_until": until}),
         )
+        for until in DIVERSITY_UNTIL
         for scale in DIVERSITY_SCALES
     ]
     return [*VARIANTS, ("+ diversity", dict(defaults, **diverse)), *alternatives, *phase]

@@ -108,7 +108,10 @@ def callback_args(config: dict, path: str | Path = CONFIG) -> dict:
 
 
 def load_references(paths: Sequence[str | Path]) -> list[Reference]:
-    """Load reference classifiers, each named by its file's stem.
+    """Load reference classifiers, each named by its file's stem, or by its path when stems repeat.
+
+    Two runs' checkpoints are both ``last.ckpt``: named by stem alone, the second would replace the first in
+    every per-reference table, and the scores would silently be one reader's.
 
     A ``.pt`` file is a reference model of ``python -m benchmarks.quality train``; a ``.ckpt`` file is a
     ``featvis fit`` checkpoint (another run's classifier, read through its own input space; its record's
@@ -133,7 +136,11 @@ def load_references(paths: Sequence[str | Path]) -> list[Reference]:
         else:
             model, info = load_reference(path)
         references.append((Path(path).stem, model, info))
-    return references
+    stems = [name for name, _, _ in references]
+    return [
+        (str(Path(path).with_suffix("")) if stems.count(name) > 1 else name, model, info)
+        for path, (name, model, info) in zip(paths, references, strict=True)
+    ]
 
 
 def real_test_set(data_dir: str | Path) -> tuple[Tensor, Tensor, list[str]]:

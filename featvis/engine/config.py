@@ -42,6 +42,9 @@ class RenderConfig:
         parameterisation: ``"fourier"`` (1/f-scaled spectrum), ``"phase"`` (each image keeps the amplitude
             spectrum of a real image and only its phase is optimised, as MACO does; :func:`render` then needs
             ``spectra``, real images) or ``"pixel"``.
+        phase_spectrum: the amplitude spectra of ``"phase"`` images: ``"image"`` (each image keeps the spectrum
+            of one real image, drawn with the seed, so a target's images start from different spectra) or
+            ``"mean"`` (every image keeps the mean amplitude spectrum of the real images, as MACO does).
         decorrelate: optimise colours in the data's decorrelated basis (True) or per RGB channel. The basis is
             the ``colour`` transform of :func:`render`, or its ``basis`` when one is given (a whitening fitted
             to the training pixels, e.g. by the callback for a model trained on plain normalised RGB).
@@ -53,6 +56,9 @@ class RenderConfig:
         diversity_layer: layer (a name from ``model.named_modules()``) whose Gram matrices push a target's images
             apart; None turns the diversity term off.
         diversity_weight: strength of the diversity term.
+        diversity_until: fraction of the steps during which the diversity term acts (from the first step); the
+            steps after it maximise the targets alone, so the images, pushed apart early, are then made as
+            recognisable as they can be from where they are.
         steps: optimisation steps per render.
         lr: learning rate of the image parameters (the peak, with the cosine schedule).
         lr_schedule: ``"cosine"`` lowers the learning rate from ``lr`` to ``lr / 10`` over the steps along a half
@@ -71,12 +77,14 @@ class RenderConfig:
     images_per_target: int = 4
     image_size: int | tuple[int, int] | None = None
     parameterisation: Parameterisation = "fourier"
+    phase_spectrum: Literal["image", "mean"] = "image"
     decorrelate: bool = True
     decay: float = 1.0
     init_std: float = 0.01
     augment: bool | Sequence[Transform] = True
     diversity_layer: str | None = None
     diversity_weight: float = 2.0
+    diversity_until: float = 1.0
     steps: int = 128
     lr: float = 0.005
     lr_schedule: Literal["cosine", "constant"] = "cosine"
@@ -90,6 +98,7 @@ class RenderConfig:
         if self.image_size is not None:
             object.__setattr__(self, "image_size", _image_size(self.image_size))
         check_choice("parameterisation", self.parameterisation, PARAMETERISATIONS)
+        check_choice("phase_spectrum", self.phase_spectrum, ("image", "mean"))
         check_bool("decorrelate", self.decorrelate)
         object.__setattr__(self, "decay", check_number("decay", self.decay, 0.0))
         object.__setattr__(self, "init_std", check_number("init_std", self.init_std, 0.0))
@@ -108,6 +117,11 @@ class RenderConfig:
             raise ValueError(f"diversity_layer must be a layer name or None, got {self.diversity_layer!r}.")
         object.__setattr__(
             self, "diversity_weight", check_number("diversity_weight", self.diversity_weight, 0.0)
+        )
+        object.__setattr__(
+            self,
+            "diversity_until",
+            check_number("diversity_until", self.diversity_until, 0.0, 1.0, exclusive_minimum=True),
         )
         check_int("steps", self.steps, 0)
         object.__setattr__(self, "lr", check_number("lr", self.lr, 0.0, exclusive_minimum=True))

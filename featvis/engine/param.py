@@ -298,6 +298,7 @@ def amplitude_spectra(
     count: int,
     size: tuple[int, int],
     generator: torch.Generator | None = None,
+    mean: bool = False,
 ) -> Tensor:
     """Amplitude spectra of real images in a render's colour basis, one per rendered image.
 
@@ -314,6 +315,8 @@ def amplitude_spectra(
         count: spectra to draw, one per rendered image.
         size: ``(H, W)`` of the rendered images.
         generator: random source of the draw (on the squash's device).
+        mean: give every rendered image the mean amplitude spectrum of all the images (MACO's natural
+            spectrum) instead of drawing one image's spectrum per rendered image.
 
     Returns:
         ``(count, C, H, W // 2 + 1)`` amplitude spectra, C the space's channels.
@@ -323,7 +326,9 @@ def amplitude_spectra(
         raise ValueError(f"spectra needs real RGB images of shape (M, 3, H, W), M >= 1, got {shape}.")
     device = squash.correlation.device
     total = rgb.shape[0]
-    if total >= count:
+    if mean:
+        index = torch.arange(total, device=device)
+    elif total >= count:
         index = torch.randperm(total, generator=generator, device=device)[:count]
     else:
         index = torch.randint(total, (count,), generator=generator, device=device)
@@ -332,7 +337,10 @@ def amplitude_spectra(
         images = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
     if squash.channels == 1:
         images = images.mean(dim=1, keepdim=True)
-    return torch.fft.rfft2(squash.to_z(images, SPECTRA_LIMIT), norm="ortho").abs()
+    amplitudes = torch.fft.rfft2(squash.to_z(images, SPECTRA_LIMIT), norm="ortho").abs()
+    if mean:
+        return amplitudes.mean(dim=0, keepdim=True).expand(count, -1, -1, -1).contiguous()
+    return amplitudes
 
 
 def _channels(channels: int) -> int:

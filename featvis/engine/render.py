@@ -199,7 +199,12 @@ def render(
                         "render(..., spectra=<(M, 3, H, W) training images, RGB in [0, 1]>), or use 'fourier'."
                     )
                 magnitude = amplitude_spectra(
-                    spectra, squash, count * images_per_target, (height, width), generator
+                    spectra,
+                    squash,
+                    count * images_per_target,
+                    (height, width),
+                    generator,
+                    mean=config.phase_spectrum == "mean",
                 )
             # One draw for the whole batch, then split: chunking does not change any image's start.
             full = make_image_param(
@@ -228,6 +233,8 @@ def render(
             optimizer = config.optimizer
             optim = torch.optim.Adam(leaves, lr=lr) if optimizer == "adam" else optimizer(leaves, lr)
 
+            # The diversity term acts in the first steps only when diversity_until < 1 (at least one step).
+            diverse_steps = max(1, math.ceil(config.diversity_until * steps))
             for step in range(steps):
                 for group in optim.param_groups:
                     group["lr"] = lr * _lr_factor(config.lr_schedule, step, steps)
@@ -240,7 +247,7 @@ def render(
                     acts = forward(squash.to_model(rgb), amp_dtype)
                     values = _evaluate(objectives[begin:stop], acts, images_per_target)
                     loss = -values.sum()
-                    if diversity is not None:
+                    if diversity is not None and step < diverse_steps:
                         spread = _evaluate([diversity] * (stop - begin), acts, images_per_target)
                         loss = loss - spread.sum()
                     (grad,) = torch.autograd.grad(loss, param.parameter)

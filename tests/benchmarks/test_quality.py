@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +31,7 @@ from featvis.cifar import read_class_names, read_split
 from featvis.engine import RenderConfig
 from featvis.hidden import SheetConfig
 from featvis.images import load_png, write_image_folder
-from featvis.quality import penultimate_features
+from featvis.quality import penultimate_features, reference_spectrum
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = (4, 8, 8)
@@ -374,16 +375,22 @@ def test_ablation_renders_every_variant_and_scores_it(bigger_cifar, ref_paths, t
         }
     alternatives = len(ablation.ALTERNATIVES)
     assert [changed(rows[3], row) for row in rows[cumulative : cumulative + alternatives]] == [
-        {"parameterisation"}
+        {"parameterisation"},
+        {"parameterisation", "phase_spectrum"},
     ]
-    # The trade-off rows: phase-only pictures with the diversity term at growing weights.
+    # The trade-off rows: phase-only pictures with the diversity term at growing weights, acting in every step,
+    # then in the first half of the steps only.
     trade = rows[cumulative + alternatives :]
+    scales = len(ablation.DIVERSITY_SCALES)
     assert [row["settings"]["diversity_weight"] for row in trade] == [
-        2.0 * s for s in ablation.DIVERSITY_SCALES
+        2.0 * s for _ in ablation.DIVERSITY_UNTIL for s in ablation.DIVERSITY_SCALES
     ]
-    assert all(
-        changed(rows[3], row) == {"parameterisation", "diversity_layer", "diversity_weight"} for row in trade
-    )
+    untils = [row["settings"].get("diversity_until", 1.0) for row in trade]
+    assert untils == [until for until in ablation.DIVERSITY_UNTIL for _ in ablation.DIVERSITY_SCALES]
+    for row, until in zip(trade, untils, strict=True):
+        diverse = {"parameterisation", "diversity_layer", "diversity_weight"}
+        assert changed(rows[3], row) == diverse | ({"diversity_until"} if until < 1.0 else set())
+    assert "| phase-only + diversity term (weight 8, first 50% of the steps) |" in printed
     for row in rows:
         assert 0.0 <= row["transfer"] <= 1.0 and row["spectral_gap"] > 0 and row["seconds"] > 0
         assert 0.0 <= row["robustness"] <= 1.0 and row["colour_distance"] > 0 and row["diversity"] > 0
@@ -392,7 +399,7 @@ def test_ablation_renders_every_variant_and_scores_it(bigger_cifar, ref_paths, t
         assert set(row["transfer_per_model"]) == {"preact_resnet_seed0", "vgg_avg_seed1"}
         assert 0.0 < row["target_prob"] < 1.0
     # The diversity term pushes a class's pictures apart in the references' features too.
-    assert trade[-1]["diversity_vs_real"] > rows[cumulative]["diversity_vs_real"]
+    assert trade[scales - 1]["diversity_vs_real"] > rows[cumulative]["diversity_vs_real"]
     # The phase-only row keeps real images' amplitude spectra: its images differ from the 1/f defaults'.
     assert rows[cumulative]["colour_distance"] != rows[3]["colour_distance"]
     assert "| defaults, phase-only spectra of training images |" in printed
@@ -459,3 +466,28 @@ def test_load_references_reads_a_featvis_checkpoint_through_its_own_input_space(
     assert not reference.training
     with pytest.raises(CheckpointError, match="missing.ckpt does not exist"):
         common.load_references([str(tiny_ckpt.parent / "missing.ckpt")])
+
+
+def test_references_of_the_same_file_name_keep_apart(tmp_path, tiny_ckpt, bigger_cifar):
+    # Two runs' last.ckpt: each reader must count, not the second in place of the first.
+    paths = []
+    for run in ("run_a", "run_b"):
+        (tmp_path / run).mkdir()
+        paths.append(shutil.copy(tiny_ckpt, tmp_path / run / "last.ckpt"))
+    references = common.load_references([*paths, str(tiny_ckpt)])
+    assert [name for name, _, _ in references] == [
+        str(tmp_path / "run_a" / "last"),
+        str(tmp_path / "run_b" / "last"),
+        "tiny",
+    ]
+    images, labels = read_split(cifar_folder(bigger_cifar), train=False)
+    rgb = images.float() / 255
+    scores = common.quality_scores(
+        rgb[:8].view(4, 2, 3, 32, 32),
+        [0, 1, 2, 3],
+        references,
+        (rgb, labels),
+        reference_spectrum(rgb, 32),
+        k=2,
+    )
+    assert len(scores["transfer"]) == 4  # three readers and their mean

@@ -183,3 +183,15 @@ def test_amplitude_spectra_draw_real_images_without_replacement_and_resize_them(
     assert small.shape == (10, 3, 8, 5)  # more images than real ones: drawn with replacement, resized
     with pytest.raises(ValueError, match=r"spectra needs real RGB images of shape \(M, 3, H, W\)"):
         amplitude_spectra(real[:, :1], squash, 2, (16, 16))
+
+
+def test_the_mean_amplitude_spectrum_is_the_average_of_every_images_own_and_shared_by_all() -> None:
+    squash = ColourSquash(_colour())
+    real = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(8))
+    real[:3, :, :8] *= 0.3  # two kinds of image, so the mean differs from any one spectrum
+    own = torch.fft.rfft2(squash.to_z(real, SPECTRA_LIMIT), norm="ortho").abs()
+    spectra = amplitude_spectra(real, squash, 4, (16, 16), torch.Generator().manual_seed(0), mean=True)
+    assert spectra.shape == (4, 3, 16, 9)
+    for spectrum in spectra:
+        assert torch.allclose(spectrum, own.mean(dim=0), atol=1e-6)
+    assert (own - spectra[:1]).abs().flatten(1).amax(dim=1).min() > 1e-2  # no single image's spectrum

@@ -535,6 +535,48 @@ def test_a_phase_render_keeps_each_images_real_amplitude_spectrum_and_raises_the
     assert torch.equal(again.rgb, end.rgb)
 
 
+def test_a_mean_spectrum_phase_render_gives_every_image_the_real_images_mean_amplitude() -> None:
+    net, colour = TinyNet(), _colour()
+    real = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(3)) * 0.6 + 0.2
+    real[:2, :, :8] *= 0.5
+    settings = {**FAST, "parameterisation": "phase", "phase_spectrum": "mean", "steps": 30}
+    start = render(net, [0, 3], colour=colour, spectra=real, **{**settings, "steps": 0})
+    end = render(net, [0, 3], colour=colour, spectra=real, **settings)
+    assert (end.values > start.values + 0.3).all(), (start.values, end.values)
+    squash = ColourSquash(colour)
+    mean = torch.fft.rfft2(squash.to_z(real, SPECTRA_LIMIT), norm="ortho").abs().mean(dim=0)
+    rendered = torch.fft.rfft2(squash.to_z(end.rgb.flatten(0, 1)), norm="ortho").abs()
+    inner = (slice(None), slice(1, 8), slice(1, 8))  # not the DC row or the Nyquist column
+    for image in rendered:
+        assert torch.allclose(image[inner], mean[inner], atol=1e-3)
+
+
+def test_diversity_until_turns_the_term_off_after_its_fraction_of_the_steps() -> None:
+    net = TinyNet()
+
+    def gradients(**settings) -> list[Tensor]:
+        seen: list[Tensor] = []
+
+        class Recording(torch.optim.Adam):
+            def step(self, closure=None):  # type: ignore[override]
+                seen.append(self.param_groups[0]["params"][0].grad.clone())
+                return super().step(closure)
+
+        render(net, 0, optimizer=lambda params, lr: Recording(params, lr=lr), **settings)
+        return seen
+
+    settings = {**FAST, "steps": 20, "augment": False, "images_per_target": 3}
+    diverse = {**settings, "diversity_layer": "features.relu1", "diversity_weight": 5.0}
+    always, half = gradients(**diverse), gradients(**diverse, diversity_until=0.5)
+    plain = gradients(**settings)
+    # The first 10 steps are those of the diverse render, step by step; from step 10 the objective changes.
+    assert all(torch.equal(a, h) for a, h in zip(always[:10], half[:10], strict=True))
+    assert not torch.allclose(always[10], half[10])
+    assert not torch.allclose(plain[0], half[0])
+    with pytest.raises(ValueError, match=r"diversity_until must be a finite number in \(0, 1\], got 0.0"):
+        RenderConfig(diversity_until=0.0)
+
+
 def test_a_phase_render_without_real_images_names_the_fix() -> None:
     with pytest.raises(ValueError, match=r"parameterisation='phase' .* pass render\(\.\.\., spectra="):
         render(TinyNet(), colour=_colour(), **{**FAST, "parameterisation": "phase"})
