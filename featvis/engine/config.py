@@ -39,9 +39,9 @@ class RenderConfig:
         images_per_target: images rendered per target (``K``).
         image_size: side length of the (square) images in pixels, or their ``(height, width)``; None takes it
             from the data or the model (the callback), else 32.
-        parameterisation: ``"fourier"`` (1/f-scaled spectrum), ``"phase"`` (each image keeps the amplitude
-            spectrum of a real image and only its phase is optimised, as MACO does; :func:`render` then needs
-            ``spectra``, real images) or ``"pixel"``.
+        parameterisation: ``"fourier"`` (1/f-scaled spectrum), ``"phase"`` (each image keeps a real amplitude
+            spectrum, see ``phase_spectrum``, and only its phase is optimised, after MACO; :func:`render` then
+            needs ``spectra``, real images) or ``"pixel"``.
         phase_spectrum: the amplitude spectra of ``"phase"`` images: ``"image"`` (each image keeps the spectrum
             of one real image, drawn with the seed, so a target's images start from different spectra) or
             ``"mean"`` (every image keeps the mean amplitude spectrum of the real images, as MACO does).

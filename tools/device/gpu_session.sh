@@ -34,17 +34,18 @@ if [ -f .gpu/anchor_cuda.py ]; then
 fi
 # Issue 15 on the default run's last epoch: a reader of its own strength (the default config, seed 1), then the
 # ablation's rows on the default run's last.ckpt and its per-epoch pictures, both read by it.
+# Both score on the CPU (the machine's 16 cores): the benchmarks load checkpoints there.
 if [ "${PICTURES:-1}" = 1 ] && [ "$(left)" -gt 150 ]; then
   timeout 150 python3 -m benchmarks.gpu_check --data $D --log-dir $L/reader_run --json $L/gpu_check_reader.json \
     --fit-args "--seed_everything 1 --data.seed 1 --featvis.sheets null" > $L/gpu_check_reader.log 2>&1
   echo "reader rc=$? at $((SECONDS-T0)) s"
   TARGET=$(ls $L/default_run/*/version_0/checkpoints/last.ckpt | head -1)
   READER=$(ls $L/reader_run/*/version_0/checkpoints/last.ckpt | head -1)
-  timeout $(( $(left) - 10 )) python3 -m benchmarks.ablation --ckpt "$TARGET" --refs "$READER" --data-dir $D \
+  OMP_NUM_THREADS=16 timeout $(( $(left) - 10 )) python3 -m benchmarks.ablation --ckpt "$TARGET" --refs "$READER" --data-dir $D \
     --diversity-layer net.group1 --only "(defaults)" "phase-only" --json $L/ablation_last_epoch.json \
     > $L/ablation_last_epoch.log 2>&1
   echo "ablation rc=$? at $((SECONDS-T0)) s"; grep "^|" $L/ablation_last_epoch.log
-  timeout $(( $(left) - 5 )) python3 -m benchmarks.quality score-run --run "$(dirname "$(dirname "$TARGET")")" \
+  OMP_NUM_THREADS=16 timeout $(( $(left) - 5 )) python3 -m benchmarks.quality score-run --run "$(dirname "$(dirname "$TARGET")")" \
     --refs "$READER" --data-dir $D --json $L/score_run.json > $L/score_run.log 2>&1
   echo "score-run rc=$? at $((SECONDS-T0)) s"; grep "^|" $L/score_run.log
 fi
