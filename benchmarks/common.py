@@ -127,20 +127,18 @@ def load_references(paths: Sequence[str | Path]) -> list[Reference]:
             "no reference models given; train them with `python -m benchmarks.quality train` (they go to "
             f"{DEFAULT_REF_DIR}) and pass --refs {DEFAULT_REF_DIR}/*.pt."
         )
+    stems = [Path(path).stem for path in paths]
     references = []
-    for path in paths:
+    for path, stem in zip(paths, stems, strict=True):
         if Path(path).suffix == ".ckpt":
             classifier = load_module(path)
             model: nn.Module = RGBInput(classifier, classifier.colour).eval()
             info: dict = {"arch": type(classifier.net).__name__, "test_accuracy": float("nan")}
         else:
             model, info = load_reference(path)
-        references.append((Path(path).stem, model, info))
-    stems = [name for name, _, _ in references]
-    return [
-        (str(Path(path).with_suffix("")) if stems.count(name) > 1 else name, model, info)
-        for path, (name, model, info) in zip(paths, references, strict=True)
-    ]
+        name = str(Path(path).with_suffix("")) if stems.count(stem) > 1 else stem
+        references.append((name, model, info))
+    return references
 
 
 def real_test_set(data_dir: str | Path) -> tuple[Tensor, Tensor, list[str]]:

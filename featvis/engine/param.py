@@ -326,13 +326,13 @@ def amplitude_spectra(
         raise ValueError(f"spectra needs real RGB images of shape (M, 3, H, W), M >= 1, got {shape}.")
     device = squash.correlation.device
     total = rgb.shape[0]
-    if mean:
-        index = torch.arange(total, device=device)
-    elif total >= count:
-        index = torch.randperm(total, generator=generator, device=device)[:count]
-    else:
-        index = torch.randint(total, (count,), generator=generator, device=device)
-    images = rgb.to(device)[index].to(squash.correlation.dtype)
+    images = rgb.to(device, squash.correlation.dtype)
+    if not mean:  # the mean takes every image as it is; otherwise one image per rendered image
+        if total >= count:
+            index = torch.randperm(total, generator=generator, device=device)[:count]
+        else:
+            index = torch.randint(total, (count,), generator=generator, device=device)
+        images = images[index]
     if tuple(images.shape[-2:]) != tuple(size):
         images = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
     if squash.channels == 1:
