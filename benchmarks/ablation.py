@@ -5,7 +5,7 @@ reference classifiers (``python -m benchmarks.quality train``) and the same real
 
     1. pixel only          pixel parameterisation, RGB colours, no augmentation, no diversity
     2. + augmentations     the default random transforms inside the forward pass
-    3. + Fourier           1/f-scaled Fourier parameterisation
+    3. + Fourier           1/f-scaled Fourier parameterisation (``1 / f ** 1.25``, the default exponent)
     4. + decorrelated      colours optimised in the data's decorrelated basis (= featvis's defaults)
     5. + diversity         Gram-matrix diversity term on a hidden layer
 
@@ -15,11 +15,15 @@ and, beside row 4, the alternatives to featvis's defaults (``ALTERNATIVES``), ea
                            is optimised (``parameterisation="phase"``, as MACO does) instead of the 1/f prior
     phase-only, mean       every image keeps the mean amplitude spectrum of the training images (MACO's own
                            choice, ``phase_spectrum="mean"``)
+    data-scaled Fourier    the amplitudes stay free, but the Fourier scale is the training images' mean spectrum
+                           per colour channel instead of 1/f (``fourier_scale="data"``)
+    1/f, 1/f^1.5           the Fourier scale's exponent (``decay``) at 1, the plain 1/f prior (the default
+                           until issue 15's measurements), and at 1.5 instead of the default's 1.25
 
 and then phase-only pictures with the diversity term at ``DIVERSITY_SCALES`` times ``--diversity-weight`` (the
 trade-off between within-class diversity and recognisability), acting in all the steps and, again, in the first
 half only (``DIVERSITY_UNTIL``). ``--only WORD ...`` renders the rows whose name
-contains one of the words.
+contains one of the words (``=NAME``: the row of exactly that name, e.g. ``"=+ diversity"``).
 
 Every row uses the same seed, steps and learning rate; only the named ingredient changes. Images are rounded to
 8 bits first, exactly as ``featvis render`` writes them, and scored by ``featvis.quality.score_render``. Heavy: on
@@ -70,6 +74,9 @@ ALTERNATIVES: list[tuple[str, dict[str, Any]]] = [
         "defaults, phase-only with the mean spectrum (MACO)",
         {"parameterisation": "phase", "phase_spectrum": "mean"},
     ),
+    ("defaults, Fourier scaled by the data's mean spectrum", {"fourier_scale": "data"}),
+    ("defaults, the plain 1/f spectrum (decay 1)", {"decay": 1.0}),
+    ("defaults, steeper spectrum 1/f^1.5", {"decay": 1.5}),
 ]
 #: Training images whose amplitude spectra the phase-only rows keep (drawn with the ablation's seed).
 SPECTRA_IMAGES = 2000
@@ -149,7 +156,7 @@ def run_ablation(
         k: nearest real neighbours of the plausibility.
         log: receives one line per finished row; None is silent.
         spectra: training images (RGB in [0, 1]) whose amplitude spectra the phase-only rows keep.
-        only: render only the rows whose name contains one of these; None: all.
+        only: render only the rows whose name contains one of these (or, for ``"=NAME"``, is NAME); None: all.
 
     Returns:
         One dict per row: ``name``, ``settings``, ``seconds``, ``transfer``, ``transfer_per_model``,
@@ -164,7 +171,7 @@ def run_ablation(
     cache: dict[str, Tensor] = {}
     rows = []
     for name, settings in variants(diversity_layer, diversity_weight):
-        if only and not any(part in name for part in only):
+        if only and not any(name == part[1:] if part.startswith("=") else part in name for part in only):
             continue
         result = render(model, config=config.replace(**settings), spectra=spectra)
         classes = [target.index for target in result.targets]
@@ -240,7 +247,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--images-per-target", type=int, default=RenderConfig.images_per_target)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--k", type=int, default=10, help="nearest neighbours of the plausibility")
-    parser.add_argument("--only", nargs="*", help="render only the rows whose name contains one of these")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        help="render only the rows whose name contains one of these; =NAME: exactly that row",
+    )
     parser.add_argument(
         "--set",
         nargs="*",

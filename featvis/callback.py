@@ -90,7 +90,8 @@ class FeatureVisCallback(Callback):
         channels: channel indices of ``layer``; None takes the first ``min(10, channels)`` channels.
         neuron: render the centre neuron of each channel instead of the channel's mean activation.
         config: the render settings (steps, learning rate, images per target, ...); see ``RenderConfig``. With
-            ``parameterisation="phase"`` the pictures keep the spectra of training images: the datamodule's
+            ``parameterisation="phase"`` the pictures keep the spectra of training images, and with
+            ``fourier_scale="data"`` their mean spectrum scales the Fourier image: the datamodule's
             ``split("train")``, else the run's training dataloader's (read once, seeded).
         sheets: hidden-unit channel sheets (``SheetConfig``: layers, channels or an automatic choice of ``k``,
             top dataset examples): logged as ``<prefix>/channels/<layer>`` beside the class render; None: off.
@@ -218,7 +219,7 @@ class FeatureVisCallback(Callback):
         if self._budget.active and not self._budget.measured("classes"):  # a 2-step render; all ranks join
             self._budget.calibrate("classes", lambda steps: self.render(pl_module, trainer, steps)["seconds"])
         self._budget.check(self.config.steps)  # a budget too small fails now, before training (no-op without)
-        # "phase" with no training images to take spectra from fails now, before training.
+        # Settings that take spectra ("phase", fourier_scale "data") with no training images fail now, before training.
         size = RenderConfig(image_size=self._size(trainer, pl_module)).size
         self._scorer.spectra(self.config, trainer, pl_module, self._colour(trainer, pl_module), size)
         epoch = trainer.current_epoch
@@ -334,7 +335,9 @@ class FeatureVisCallback(Callback):
         # Steps: the budget's if it scaled them, else the sheets' own (warm, or cold when stale). Automatic
         # channel choices are kept once the model has trained (see featvis.hidden), not at step 0.
         steps, keep = plan.sheet_steps if plan.scale < 1 else None, epoch > 0
-        spectra = self._scorer.spectra(self.config, trainer, module, colour, config.size)  # "phase" only
+        spectra = self._scorer.spectra(
+            self.config, trainer, module, colour, config.size
+        )  # None unless needed
         out = self._sheets.render(
             module, colour, basis, config, spectra, keep=keep, epoch=epoch, steps=steps, layers=plan.layers
         )

@@ -69,8 +69,8 @@ class RunScorer:
     def spectra(
         self, config: RenderConfig, trainer: Any, model: nn.Module, space: InputSpace, size: tuple[int, int]
     ) -> Tensor | None:
-        """The training images (RGB in [0, 1]) whose amplitude spectra a phase-only render keeps; None for other
-        parameterisations. Read once per run: the datamodule's ``split("train")`` (the sample the metrics compare
+        """The training images (RGB in [0, 1]) whose amplitude spectra a phase-only render keeps, or a
+        ``fourier_scale="data"`` render averages; None for other settings. Read once per run: the datamodule's ``split("train")`` (the sample the metrics compare
         with) when it has one of the render's size, else the run's training dataloader (a drop-in run).
 
         Args:
@@ -81,9 +81,9 @@ class RunScorer:
             size: ``(height, width)`` of the renders.
 
         Raises:
-            ValueError: ``parameterisation="phase"`` and neither source gives images.
+            ValueError: the settings take spectra (``config.needs_spectra``) and neither source gives images.
         """
-        if config.parameterisation != "phase":
+        if not config.needs_spectra:
             return None
         if self._spectra is None:
             datamodule = getattr(trainer, "datamodule", None)
@@ -94,9 +94,11 @@ class RunScorer:
                 images = _loader_images(trainer, model, space, config.seed)
             if images is None:
                 raise ValueError(
-                    "parameterisation='phase' keeps training images' spectra, and this run has neither a "
-                    "datamodule with split('train') nor a training DataLoader whose batches hold (N, "
-                    f"{space.channels}, H, W) image tensors; use 'fourier' (the default)."
+                    f"parameterisation={config.parameterisation!r}"
+                    + (" with fourier_scale='data'" if config.parameterisation == "fourier" else "")
+                    + " takes training images' spectra, and this run has neither a datamodule with "
+                    f"split('train') nor a training DataLoader whose batches hold (N, {space.channels}, H, W) "
+                    "image tensors; keep the 1/f default."
                 )
             self._spectra = images
         images = (

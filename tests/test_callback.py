@@ -6,6 +6,7 @@ import copy
 import logging
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -458,9 +459,10 @@ def test_phase_only_renders_keep_the_training_images_contrast(tmp_path, cifar_di
     from featvis import CIFARDataModule, ClassifierModule
 
     datamodule = CIFARDataModule(data_dir=str(cifar_dir), batch_size=50, download=False)
-    contrast = {}
-    for kind in ("fourier", "phase"):
-        config = RenderConfig(steps=2, images_per_target=2, parameterisation=kind)
+    contrast, pictures = {}, {}
+    for kind in ("fourier", "phase", "data"):
+        settings = {"fourier_scale": "data"} if kind == "data" else {"parameterisation": kind}
+        config = RenderConfig(steps=2, images_per_target=2, **settings)
         sheets = SheetConfig(k=2, examples=2, probe_size=8)
         callback = FeatureVisCallback(config=config, targets=["cat", 0], sheets=sheets)
         trainer = make_trainer(tmp_path / kind, [callback], epochs=1, limit_val_batches=1)
@@ -469,11 +471,14 @@ def test_phase_only_renders_keep_the_training_images_contrast(tmp_path, cifar_di
         rgb = torch.stack(
             [img.load_png(folder / name / f"{i}.png") for name in ("cat", "airplane") for i in (0, 1)]
         )
-        contrast[kind] = float(datamodule.colour.to_model(rgb).std())
+        contrast[kind], pictures[kind] = float(datamodule.colour.to_model(rgb).std()), rgb
         assert (folder / "channels").is_dir()  # the channel sheet rendered with the same parameterisation
     # Two steps from the small random start: 1/f pictures are nearly flat, while phase-only pictures carry the
     # amplitude spectra of training images, so their contrast in the whitened space is of a photograph's order.
     assert contrast["fourier"] < 0.2 < 0.5 < contrast["phase"] < 2.0, contrast
+    # The data-scaled Fourier pictures start as flat as 1/f's, from the same draw, but change at the training
+    # images' rates, so they differ.
+    assert contrast["data"] < 0.2 and not torch.equal(pictures["data"], pictures["fourier"]), contrast
 
     # Without a datamodule that has split("train"), the training loader's images are read instead (below).
 
@@ -666,12 +671,17 @@ class _NoImages(TinyClassifier):
         return DataLoader(TensorDataset(torch.randn(16, 5), torch.zeros(16, dtype=torch.long)), batch_size=8)
 
 
-def test_phase_renders_without_training_images_fail_before_training(tmp_path):
-    callback = FeatureVisCallback(config=FAST.replace(parameterisation="phase"), render_before_training=False)
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"parameterisation": "phase"}, "parameterisation='phase' takes"),
+        ({"fourier_scale": "data"}, "parameterisation='fourier' with fourier_scale='data' takes"),
+    ],
+)
+def test_renders_that_take_spectra_without_training_images_fail_before_training(tmp_path, settings, named):
+    callback = FeatureVisCallback(config=FAST.replace(**settings), render_before_training=False)
     # Training on these rows would fail in the first conv; the callback fails first, with the fix.
-    with pytest.raises(
-        ValueError, match=r"parameterisation='phase' .*\(N, 3, H, W\) image tensors; use 'fourier'"
-    ):
+    with pytest.raises(ValueError, match=re.escape(named) + r" .*\(N, 3, H, W\) image tensors; keep the 1/f"):
         make_trainer(tmp_path, [callback], epochs=1).fit(_NoImages())
 
 

@@ -130,7 +130,11 @@ def test_phase_render_keeps_training_images_spectra_from_the_data_dir(tmp_path, 
     [
         (
             ("--parameterisation", "phase"),
-            "--parameterisation phase keeps training images' amplitude spectra",
+            "--parameterisation phase and --fourier-scale data take training images' amplitude spectra",
+        ),
+        (
+            ("--fourier-scale", "data"),
+            "--parameterisation phase and --fourier-scale data take training images' amplitude spectra",
         ),
         (("--classes", "dgo"), "unknown class 'dgo'"),
         (("--classes", "12"), "class index 12 is out of range"),

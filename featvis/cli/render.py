@@ -68,7 +68,7 @@ def _render_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-dir",
         help="CIFAR data_dir: the training-set spectrum for the spectral gap, and the training images whose "
-        "amplitude spectra --parameterisation phase keeps.",
+        "amplitude spectra --parameterisation phase keeps (and --fourier-scale data averages).",
     )
     parser.add_argument(
         "--reference", nargs="+", help="ClassifierModule checkpoints of other models, for transfer accuracy."
@@ -220,7 +220,7 @@ def render_main(argv: Sequence[str] | None = None) -> int:
             channels=args.channel if args.channel is not None or args.layer is None else [0],
         )
         spectrum = _train_spectrum(args.data_dir, config.size) if args.metrics and args.data_dir else None
-        spectra = _phase_images(args.data_dir) if config.parameterisation == "phase" else None
+        spectra = _phase_images(args.data_dir) if config.needs_spectra else None
         references = {Path(p).stem: _load_checkpoint(p, device) for p in args.reference or []}
         if not args.quiet:
             count = f"{len(targets)} targets x {config.images_per_target} images"
@@ -282,11 +282,12 @@ def _train_spectrum(data_dir: str, size: tuple[int, int]) -> Tensor:
 
 
 def _phase_images(data_dir: str | None) -> Tensor:
-    """Evenly spaced training images (RGB in [0, 1]) whose amplitude spectra a phase-only render keeps."""
+    """Evenly spaced training images (RGB in [0, 1]) whose amplitude spectra a phase-only or data-scaled render
+    takes."""
     if data_dir is None:
         raise RenderError(
-            "--parameterisation phase keeps training images' amplitude spectra: pass --data-dir (the folder "
-            "that holds cifar-10-batches-py), or --parameterisation fourier."
+            "--parameterisation phase and --fourier-scale data take training images' amplitude spectra: pass "
+            "--data-dir (the folder that holds cifar-10-batches-py), or keep the 1/f default."
         )
     return training_sample(_train_images(data_dir)).float().div(255)
 

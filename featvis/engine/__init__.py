@@ -41,6 +41,7 @@ from featvis.engine.param import (
     PhaseImage,
     PixelImage,
     amplitude_spectra,
+    data_scale,
     make_image_param,
 )
 from featvis.engine.render import NonFiniteError, RenderResult, render
@@ -70,6 +71,7 @@ __all__ = [
     "Scale",
     "Transform",
     "amplitude_spectra",
+    "data_scale",
     "as_objective",
     "class_names_of",
     "default_transforms",

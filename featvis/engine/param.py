@@ -2,8 +2,9 @@
 
 An image is produced in three stages:
 
-1. An :class:`ImageParam` (:class:`FourierImage`, :class:`PhaseImage` or :class:`PixelImage`) holds the optimised
-   leaf tensor and turns it into an image ``z`` in a *decorrelated colour basis*, with the input space's channels:
+1. An :class:`ImageParam` (:class:`FourierImage`, scaled by ``1 / f ** decay`` or by :func:`data_scale`,
+   :class:`PhaseImage` or :class:`PixelImage`) holds the optimised leaf tensor and turns it into an image ``z``
+   in a *decorrelated colour basis*, with the input space's channels:
    3 (RGB), or 1 for a grayscale model (then the basis is one-dimensional: the mean and spread of the grey level).
 2. :class:`~featvis.engine.squash.ColourSquash` maps ``z`` to colours in (0, 1): multiply by the colour correlation (the inverse of the
    data's whitening matrix ``W``), add the logit of the data's mean colour and apply a sigmoid. The gain is chosen
@@ -157,7 +158,9 @@ class FourierImage(ImageParam):
 
     The parameter has shape ``(N, C, H, W // 2 + 1, 2)`` (real and imaginary parts). Scaling by ``1 / f ** decay``
     makes equal-sized optimiser steps change low frequencies more than high ones, which steers the optimisation
-    towards images with a natural spectrum instead of high-frequency adversarial patterns.
+    towards images with a natural spectrum instead of high-frequency adversarial patterns. A ``scale`` given
+    instead (e.g. :func:`data_scale`, the real images' own mean spectrum) does the same with another shape, and
+    may differ between colour channels.
 
     Args:
         batch: number of images.
@@ -168,6 +171,8 @@ class FourierImage(ImageParam):
         dtype: floating dtype of the parameter.
         decay: exponent of the ``1 / f`` scaling (the fourth positional argument, before ``init_std``).
         channels: colour channels, 3 (RGB) or 1 (grey).
+        scale: per-frequency scale, ``(H, W // 2 + 1)`` or per channel ``(C, H, W // 2 + 1)``, replacing the
+            ``1 / f ** decay`` scale; None keeps that.
     """
 
     def __init__(
@@ -180,25 +185,40 @@ class FourierImage(ImageParam):
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float32,
         channels: int = 3,
+        scale: Tensor | None = None,
     ) -> None:
         _check_size(height, width)
         shape = (batch, _channels(channels), height, width // 2 + 1, 2)
         self.parameter = _random_leaf(shape, init_std, generator, dtype)
         self.height, self.width, self.decay = height, width, decay
-        self.scale = fourier_scale(height, width, decay, self.parameter.device).to(dtype)
+        self.scale = self._scale_for(self.parameter, scale)
 
     @classmethod
-    def from_parameter(cls, parameter: Tensor, height: int, width: int, decay: float = 1.0) -> FourierImage:
-        """Wrap an existing ``(N, C, height, width // 2 + 1, 2)`` leaf tensor, C = 3 or 1."""
+    def from_parameter(
+        cls, parameter: Tensor, height: int, width: int, decay: float = 1.0, scale: Tensor | None = None
+    ) -> FourierImage:
+        """Wrap an existing ``(N, C, height, width // 2 + 1, 2)`` leaf tensor, C = 3 or 1 (``scale`` as in the
+        constructor)."""
         channels = parameter.shape[1] if parameter.ndim == 5 and parameter.shape[1] in (1, 3) else 3
         expected = (channels, height, width // 2 + 1, 2)
         if parameter.ndim != 5 or tuple(parameter.shape[1:]) != expected:
             raise ValueError(f"a Fourier parameter has shape (N, *{expected}), got {tuple(parameter.shape)}.")
         self = cls.__new__(cls)
         self.height, self.width, self.decay = height, width, decay
-        self.scale = fourier_scale(height, width, decay, parameter.device).to(parameter.dtype)
         self.parameter = parameter
+        self.scale = self._scale_for(parameter, scale)
         return self
+
+    def _scale_for(self, parameter: Tensor, scale: Tensor | None) -> Tensor:
+        if scale is None:
+            return fourier_scale(self.height, self.width, self.decay, parameter.device).to(parameter.dtype)
+        layout = (self.height, self.width // 2 + 1)
+        if not isinstance(scale, Tensor) or tuple(scale.shape) not in (layout, (parameter.shape[1], *layout)):
+            shape = tuple(scale.shape) if isinstance(scale, Tensor) else type(scale).__name__
+            raise ValueError(
+                f"scale must be a {layout} or {(parameter.shape[1], *layout)} tensor for these images, got {shape}."
+            )
+        return scale.detach().to(parameter.device, parameter.dtype)
 
     def spectrum(self) -> Tensor:
         """The scaled complex spectrum, ``(N, C, H, W // 2 + 1)``."""
@@ -210,7 +230,7 @@ class FourierImage(ImageParam):
 
     def split(self, sizes: Sequence[int]) -> list[ImageParam]:
         return [
-            FourierImage.from_parameter(part, self.height, self.width, self.decay)
+            FourierImage.from_parameter(part, self.height, self.width, self.decay, self.scale)
             for part in self._split_leaf(self.parameter, sizes)
         ]
 
@@ -343,6 +363,40 @@ def amplitude_spectra(
     return amplitudes
 
 
+def data_scale(magnitude: Tensor, size: tuple[int, int], decay: float = 1.0) -> Tensor:
+    """A :class:`FourierImage` scale shaped like real images' mean amplitude spectrum instead of ``1 / f ** decay``.
+
+    The Fourier parameterisation's scale is a preconditioner: Adam moves every coefficient by about the learning
+    rate, so the scale sets how fast each frequency of each colour direction changes. ``1 / f`` is a guess at the
+    spectrum of natural images; this is the spectrum of the data itself, per channel of the decorrelated colour
+    basis (in photographs, colour contrast lives at lower frequencies than brightness contrast). It is rescaled
+    to the root-mean-square of the ``1 / f ** decay`` scale, so the render's learning rate and start keep their
+    meaning.
+
+    Args:
+        magnitude: ``(C, H, W // 2 + 1)`` mean amplitude spectrum (or ``(N, C, H, W // 2 + 1)``, whose first image
+            is taken), e.g. ``amplitude_spectra(..., mean=True)``.
+        size: ``(H, W)`` of the images.
+        decay: exponent of the ``1 / f`` scale whose size the result takes.
+
+    Returns:
+        A ``(C, H, W // 2 + 1)`` scale.
+    """
+    height, width = size
+    magnitude = _check_magnitude(magnitude if magnitude.ndim == 4 else magnitude[None], height, width)[
+        0
+    ].clone()
+    # The DC term is each photograph's mean colour, far from the data's mean: 2-3x the lowest frequencies'
+    # amplitude on CIFAR-10. As a step size it would swing the pictures' mean colour, so it takes the lowest
+    # frequency's value instead, as the 1/f scale's floor does.
+    freqs = fourier_frequencies(height, width, magnitude.device)
+    lowest = freqs == freqs[freqs > 0].min() if freqs.numel() > 1 else freqs >= 0
+    magnitude[:, 0, 0] = magnitude[:, lowest].mean(dim=1)
+    reference = fourier_scale(height, width, decay, magnitude.device)
+    rms = magnitude.square().mean().sqrt().clamp(min=1e-12)
+    return magnitude * (reference.square().mean().sqrt() / rms)
+
+
 def _channels(channels: int) -> int:
     if channels not in (1, 3):
         raise ValueError(f"channels must be 3 (RGB) or 1 (grey), got {channels!r}.")
@@ -371,6 +425,7 @@ def make_image_param(
     *,
     decay: float = 1.0,
     magnitude: Tensor | None = None,
+    scale: Tensor | None = None,
     **start: Any,
 ) -> ImageParam:
     """Build a :class:`FourierImage` (``"fourier"``), :class:`PhaseImage` (``"phase"``) or :class:`PixelImage`.
@@ -382,11 +437,13 @@ def make_image_param(
         width: image width in pixels.
         decay: exponent of the Fourier ``1 / f`` scaling (ignored for pixels).
         magnitude: the amplitude spectra of a ``"phase"`` parameterisation, ``(batch, C, H, W // 2 + 1)``.
+        scale: a ``"fourier"`` parameterisation's per-frequency scale instead of ``1 / f ** decay`` (see
+            :func:`data_scale`).
         **start: the random start and channels, as the classes take them: ``init_std``, ``generator``,
             ``dtype``, ``channels``.
     """
     if parameterisation == "fourier":
-        return FourierImage(batch, height, width, decay, **start)
+        return FourierImage(batch, height, width, decay, scale=scale, **start)
     if parameterisation == "phase":
         if magnitude is None or magnitude.shape[0] != batch or magnitude.shape[1] != start.get("channels", 3):
             raise ValueError(

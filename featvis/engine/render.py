@@ -31,7 +31,7 @@ from featvis.engine.objectives import (
     as_objective,
     class_names_of,
 )
-from featvis.engine.param import ImageParam, amplitude_spectra, make_image_param
+from featvis.engine.param import ImageParam, amplitude_spectra, data_scale, make_image_param
 from featvis.engine.squash import ColourSquash
 from featvis.engine.transforms import Compose, default_transforms, slice_params
 
@@ -191,21 +191,28 @@ def render(
             per_chunk = count if max_batch_size is None else max(1, max_batch_size // images_per_target)
             bounds = [(t, min(t + per_chunk, count)) for t in range(0, count, per_chunk)]
             generator = torch.Generator(device=device).manual_seed(config.seed)
-            magnitude = None
-            if config.parameterisation == "phase":
+            magnitude: Tensor | None = None  # a "phase" render's amplitude spectra
+            scale: Tensor | None = None  # a data-scaled Fourier render's scale
+            if config.needs_spectra:
                 if spectra is None:
                     raise ValueError(
-                        "parameterisation='phase' keeps the amplitude spectra of real images: pass "
-                        "render(..., spectra=<(M, 3, H, W) training images, RGB in [0, 1]>), or use 'fourier'."
+                        f"parameterisation={config.parameterisation!r}"
+                        + (" with fourier_scale='data'" if config.parameterisation == "fourier" else "")
+                        + " takes the amplitude spectra of real images: pass render(..., spectra=<(M, 3, H, W) "
+                        "training images, RGB in [0, 1]>), or use the 1/f default."
                     )
-                magnitude = amplitude_spectra(
+                real = amplitude_spectra(
                     spectra,
                     squash,
-                    count * images_per_target,
+                    count * images_per_target if config.parameterisation == "phase" else 1,
                     (height, width),
                     generator,
-                    mean=config.phase_spectrum == "mean",
+                    mean=config.phase_spectrum == "mean" or config.parameterisation == "fourier",
                 )
+                if config.parameterisation == "fourier":  # the data's mean spectrum as the Fourier scale
+                    scale = data_scale(real, (height, width), config.decay)
+                else:
+                    magnitude = real
             # One draw for the whole batch, then split: chunking does not change any image's start.
             full = make_image_param(
                 config.parameterisation,
@@ -214,6 +221,7 @@ def render(
                 width,
                 decay=config.decay,
                 magnitude=magnitude,
+                scale=scale,
                 init_std=config.init_std,
                 generator=generator,
                 dtype=dtype,

@@ -377,6 +377,9 @@ def test_ablation_renders_every_variant_and_scores_it(bigger_cifar, ref_paths, t
     assert [changed(rows[3], row) for row in rows[cumulative : cumulative + alternatives]] == [
         {"parameterisation"},
         {"parameterisation", "phase_spectrum"},
+        {"fourier_scale"},
+        {"decay"},
+        {"decay"},
     ]
     # The trade-off rows: phase-only pictures with the diversity term at growing weights, acting in every step,
     # then in the first half of the steps only.
@@ -405,6 +408,14 @@ def test_ablation_renders_every_variant_and_scores_it(bigger_cifar, ref_paths, t
     assert "| defaults, phase-only spectra of training images |" in printed
     # Fourier images have another spectrum than pixel images from the same start and steps.
     assert rows[2]["spectral_gap"] != rows[1]["spectral_gap"]
+    # The data-scaled and the other exponents' Fourier rows differ from the defaults' pictures.
+    scaled = rows[cumulative + 2 : cumulative + alternatives]
+    assert all(row["colour_distance"] != rows[3]["colour_distance"] for row in scaled)
+    assert "| defaults, the plain 1/f spectrum (decay 1) |" in printed
+
+    # "=NAME" picks one row by its whole name, where a word would also pick the phase-only diversity rows.
+    (only,) = ablation.main([*args, "--only", "=+ diversity"])
+    assert only["name"] == "+ diversity" and only["settings"] == rows[cumulative - 1]["settings"]
 
 
 def test_ablation_set_reads_render_settings_and_refuses_unknown_keys():

@@ -12,6 +12,7 @@ from featvis.engine.param import (
     PhaseImage,
     PixelImage,
     amplitude_spectra,
+    data_scale,
     fourier_frequencies,
     fourier_scale,
     make_image_param,
@@ -195,3 +196,46 @@ def test_the_mean_amplitude_spectrum_is_the_average_of_every_images_own_and_shar
     for spectrum in spectra:
         assert torch.allclose(spectrum, own.mean(dim=0), atol=1e-6)
     assert (own - spectra[:1]).abs().flatten(1).amax(dim=1).min() > 1e-2  # no single image's spectrum
+
+
+def _smooth(count: int, size: int, seed: int) -> torch.Tensor:
+    """Low-pass colour images in [0, 1]: noise blurred by upsampling a 4x4 grid, with random colour offsets."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(count, 3, 4, 4, generator=generator)
+    offsets = torch.rand(count, 3, 1, 1, generator=generator)
+    fine = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+    return (0.3 * fine + 0.7 * offsets).clamp(0, 1)
+
+
+def test_a_data_scale_falls_as_the_images_spectrum_does_at_the_size_of_the_1_over_f_scale() -> None:
+    squash = ColourSquash(_colour())
+    real = _smooth(8, 16, 0)
+    mean = amplitude_spectra(real, squash, 1, (16, 16), mean=True)
+    scale = data_scale(mean, (16, 16))
+    assert scale.shape == (3, 16, 9)
+    one_over_f = fourier_scale(16, 16)
+    # The size of the 1/f scale, so the learning rate keeps its meaning.
+    assert torch.isclose(scale.square().mean().sqrt(), one_over_f.square().mean().sqrt(), rtol=1e-5)
+    freqs = fourier_frequencies(16, 16)
+    low, high = (freqs > 0) & (freqs < 0.15), freqs > 0.35
+    # Smooth images: their scale falls from low to high frequencies far faster than 1/f.
+    falls = scale[:, low].mean(dim=1) / scale[:, high].mean(dim=1)
+    assert (falls > 3 * one_over_f[low].mean() / one_over_f[high].mean()).all(), falls
+    # The DC term, each image's colour offset, does not set the mean colour's step size: it takes the lowest
+    # frequency's value, as 1/f's floor does.
+    ring = freqs == freqs[freqs > 0].min()
+    assert mean[0, :, 0, 0].min() > 1.5 * mean[0][:, ring].mean(dim=1).max()
+    assert torch.allclose(scale[:, 0, 0], scale[:, ring].mean(dim=1))
+    with pytest.raises(ValueError, match=r"\(8, 9\)"):
+        data_scale(mean, (8, 16))
+
+
+def test_a_fourier_image_with_a_scale_follows_it_per_channel_and_keeps_it_when_split() -> None:
+    scale = torch.rand(3, 8, 5, generator=torch.Generator().manual_seed(1)) + 0.5
+    image = FourierImage(4, 8, 8, generator=torch.Generator().manual_seed(2), scale=scale)
+    coefficients = torch.view_as_complex(image.parameter.detach())
+    assert torch.allclose(image.spectrum().detach(), coefficients * scale)
+    halves = image.split([2, 2])
+    assert torch.allclose(torch.cat([half.image() for half in halves]), image.image())
+    with pytest.raises(ValueError, match=r"scale must be a \(8, 5\) or \(3, 8, 5\) tensor"):
+        FourierImage(1, 8, 8, scale=torch.ones(8, 8))

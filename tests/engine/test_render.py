@@ -29,7 +29,7 @@ from featvis.engine import (
     Scale,
     render,
 )
-from featvis.engine.param import SPECTRA_LIMIT
+from featvis.engine.param import SPECTRA_LIMIT, fourier_frequencies
 from featvis.engine.squash import ColourSquash
 
 # Tiny-model settings (the tuned defaults target the real CIFAR model): few steps, a larger learning rate.
@@ -298,6 +298,7 @@ def test_final_logits_give_the_target_probabilities() -> None:
         ),
         ({"max_batch_size": 1}, r"max_batch_size \(1\) must be >= images_per_target \(2\)"),
         ({"augment": "yes"}, "augment must be True, False or a list of Transforms"),
+        ({"fourier_scale": "1/f^2"}, "fourier_scale must be one of '1/f', 'data', got '1/f\\^2'"),
     ],
 )
 def test_bad_settings_raise_value_errors(settings: dict, message: str) -> None:
@@ -467,7 +468,11 @@ def test_a_callable_convention_renders_as_its_affine_twin() -> None:
     start = render(TinyNet(), colour=pair, **{**FAST, "steps": 0, "augment": False})
     assert abs(start.rgb.mean().item() - 0.5) < 0.01 and start.rgb.std().item() < 0.05
     # ... which is the affine twin's own basis, so without a basis both render the same images too.
-    neutral, own = render(TinyNet(), colour=pair, **FAST), render(TinyNet(), colour=affine, **FAST)
+    # With the plain 1/f scale: at the steeper default, FAST's learning rate (ten times the default's) drives
+    # pixels to within 0.002 of black or white, where the two spaces' float rounding differs, and twelve steps
+    # amplify that to 0.007 (measured); the spaces themselves are the same.
+    plain = {**FAST, "decay": 1.0}
+    neutral, own = render(TinyNet(), colour=pair, **plain), render(TinyNet(), colour=affine, **plain)
     assert torch.allclose(neutral.rgb, own.rgb, atol=1e-5)
 
 
@@ -549,6 +554,28 @@ def test_a_mean_spectrum_phase_render_gives_every_image_the_real_images_mean_amp
     inner = (slice(None), slice(1, 8), slice(1, 8))  # not the DC row or the Nyquist column
     for image in rendered:
         assert torch.allclose(image[inner], mean[inner], atol=1e-3)
+
+
+def test_a_data_scaled_fourier_render_takes_the_real_images_spectral_fall_off() -> None:
+    net, colour = TinyNet(), _colour()
+    coarse = torch.rand(6, 3, 4, 4, generator=torch.Generator().manual_seed(4))
+    smooth = torch.nn.functional.interpolate(coarse, size=(16, 16), mode="bicubic", align_corners=False)
+    real = (0.6 * smooth + 0.2).clamp(0, 1)  # low-pass images: a spectrum far steeper than 1/f
+    settings = {**FAST, "steps": 30, "augment": False}
+    plain = render(net, [0, 3], colour=colour, **settings)
+    data = render(net, [0, 3], colour=colour, spectra=real, fourier_scale="data", **settings)
+    start = render(net, [0, 3], colour=colour, spectra=real, fourier_scale="data", **{**settings, "steps": 0})
+    assert (data.values > start.values + 0.3).all(), (start.values, data.values)
+
+    def high_share(rgb: Tensor) -> float:  # the share of the images' contrast above a quarter cycle per pixel
+        z = ColourSquash(colour).to_z(rgb.flatten(0, 1))
+        power = torch.fft.rfft2(z, norm="ortho").abs().square()
+        ac = power.sum() - power[..., 0, 0].sum()  # all but the mean colour
+        return float(power[..., fourier_frequencies(16, 16) > 0.25].sum() / ac)
+
+    assert high_share(data.rgb) < 0.5 * high_share(plain.rgb), (high_share(data.rgb), high_share(plain.rgb))
+    with pytest.raises(ValueError, match="fourier_scale='data' takes the amplitude spectra of real images"):
+        render(net, 0, colour=colour, fourier_scale="data", **settings)
 
 
 def test_diversity_until_turns_the_term_off_after_its_fraction_of_the_steps() -> None:

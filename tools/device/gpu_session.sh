@@ -42,7 +42,7 @@ if [ "${PICTURES:-1}" = 1 ] && [ "$(left)" -gt 150 ]; then
   TARGET=$(ls $L/default_run/*/version_0/checkpoints/last.ckpt | head -1)
   READER=$(ls $L/reader_run/*/version_0/checkpoints/last.ckpt | head -1)
   OMP_NUM_THREADS=16 timeout $(( $(left) - 10 )) python3 -m benchmarks.ablation --ckpt "$TARGET" --refs "$READER" --data-dir $D \
-    --diversity-layer net.group1 --only "(defaults)" "phase-only" --json $L/ablation_last_epoch.json \
+    --diversity-layer net.group1 --only "(defaults)" "1/f" "phase-only" --json $L/ablation_last_epoch.json \
     > $L/ablation_last_epoch.log 2>&1
   echo "ablation rc=$? at $((SECONDS-T0)) s"; grep "^|" $L/ablation_last_epoch.log
   OMP_NUM_THREADS=16 timeout $(( $(left) - 5 )) python3 -m benchmarks.quality score-run --run "$(dirname "$(dirname "$TARGET")")" \
