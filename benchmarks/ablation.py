@@ -8,6 +8,7 @@ reference classifiers (``python -m benchmarks.quality train``) and the same real
     3. + Fourier           1/f-scaled Fourier parameterisation (``1 / f ** 1.25``, the default exponent)
     4. + decorrelated      colours optimised in the data's decorrelated basis (= featvis's defaults)
     5. + diversity         Gram-matrix diversity term on a hidden layer
+       (feature repulsion) the same term on the layer's whole activation maps (``diversity_kind="features"``)
 
 and, beside row 4, the alternatives to featvis's defaults (``ALTERNATIVES``), each changing one setting of it:
 
@@ -107,7 +108,14 @@ def variants(diversity_layer: str, diversity_weight: float) -> list[tuple[str, d
         for until in DIVERSITY_UNTIL
         for scale in DIVERSITY_SCALES
     ]
-    return [*VARIANTS, ("+ diversity", dict(defaults, **diverse)), *alternatives, *phase]
+    features = dict(defaults, **diverse, diversity_kind="features")
+    return [
+        *VARIANTS,
+        ("+ diversity", dict(defaults, **diverse)),
+        ("+ diversity, feature repulsion", features),
+        *alternatives,
+        *phase,
+    ]
 
 
 def settings_of(pairs: list[str]) -> dict[str, Any]:

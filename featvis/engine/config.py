@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from featvis.engine.checks import check_bool, check_choice, check_int, check_number
+from featvis.engine.objectives import DiversityKind
 from featvis.engine.param import PARAMETERISATIONS, Parameterisation
 from featvis.engine.transforms import Transform
 
@@ -60,9 +61,13 @@ class RenderConfig:
         augment: random per-image transforms at every step: True for
             :func:`~featvis.engine.transforms.default_transforms` sized for the image, False for none, or a list
             of :class:`~featvis.engine.transforms.Transform` objects.
-        diversity_layer: layer (a name from ``model.named_modules()``) whose Gram matrices push a target's images
-            apart; None turns the diversity term off.
+        diversity_layer: layer (a name from ``model.named_modules()``) whose Gram matrices (or activations, see
+            ``diversity_kind``) push a target's images apart; None turns the diversity term off.
         diversity_weight: strength of the diversity term.
+        diversity_kind: what the term compares at ``diversity_layer``: ``"gram"`` (channel Gram matrices: the
+            images differ in style) or ``"features"`` (the whole activation maps: they differ in what is where,
+            too). Measured on CIFAR-10 models, ``"features"`` trades diversity for recognisability along about
+            the Gram term's curve, at twice its weight (benchmarks/README.md, "feature repulsion").
         diversity_until: fraction of the steps during which the diversity term acts (from the first step); the
             steps after it maximise the targets alone, so the images, pushed apart early, are then made as
             recognisable as they can be from where they are.
@@ -94,6 +99,7 @@ class RenderConfig:
     augment: bool | Sequence[Transform] = True
     diversity_layer: str | None = None
     diversity_weight: float = 2.0
+    diversity_kind: DiversityKind = "gram"
     diversity_until: float = 1.0
     steps: int = 96
     lr: float = 0.0067
@@ -129,6 +135,7 @@ class RenderConfig:
         object.__setattr__(
             self, "diversity_weight", check_number("diversity_weight", self.diversity_weight, 0.0)
         )
+        check_choice("diversity_kind", self.diversity_kind, ("gram", "features"))
         object.__setattr__(
             self,
             "diversity_until",

@@ -13,12 +13,13 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from featvis.engine.checks import check_int, check_number
+from featvis.engine.checks import check_choice, check_int, check_number
 
 
 class Activations:
@@ -287,31 +288,41 @@ def gram_matrices(activations: Tensor) -> Tensor:
     return flat @ flat.transpose(1, 2) / flat.shape[-1]
 
 
-class Diversity(_LayerObjective):
-    """Rewards images of the same target that differ in style: minus the mean cosine similarity of each image's
-    Gram matrix (of a named layer) to those of the other images in its group, times ``weight``.
+DiversityKind = Literal["gram", "features"]
 
-    A group of one image gets 0. The renderer evaluates it on each target's images separately.
+
+class Diversity(_LayerObjective):
+    """Rewards images of the same target that differ: minus the mean cosine similarity of each image's
+    description at a named layer to those of the other images in its group, times ``weight``.
+
+    The description is the layer's channel Gram matrix (``kind="gram"``, the seed's objective: the images differ
+    in style, that is texture and colour statistics), or the layer's whole activation map (``"features"``: the
+    images differ in what is where, so in pose, framing and layout as well). A group of one image gets 0. The
+    renderer evaluates it on each target's images separately.
 
     Args:
         layer: layer name from ``model.named_modules()``.
         weight: strength of the term (>= 0).
+        kind: ``"gram"`` or ``"features"``.
     """
 
-    def __init__(self, layer: str, weight: float = 1.0) -> None:
+    def __init__(self, layer: str, weight: float = 1.0, kind: DiversityKind = "gram") -> None:
         self.layer, self.weight = _check_layer_name(layer), check_number("diversity weight", weight, 0.0)
+        self.kind = check_choice("diversity kind", kind, ("gram", "features"))
 
     @property
     def description(self) -> str:
-        return f"{self.weight:g} * diversity {self.layer}"
+        kind = "" if self.kind == "gram" else " (features)"
+        return f"{self.weight:g} * diversity {self.layer}{kind}"
 
     def __call__(self, activations: Activations) -> Tensor:
         act = activations[self.layer]
         count = act.shape[0]
         if count < 2:
             return act.new_zeros(count, dtype=torch.float32)
-        grams = F.normalize(gram_matrices(act).reshape(count, -1), dim=1)
-        similarity = grams @ grams.T
+        described = gram_matrices(act) if self.kind == "gram" else act.float()
+        unit = F.normalize(described.reshape(count, -1), dim=1)
+        similarity = unit @ unit.T
         # Mean over the other images: drop the diagonal (each image's similarity to itself is 1).
         others = (similarity.sum(dim=1) - similarity.diagonal()) / (count - 1)
         return -self.weight * others

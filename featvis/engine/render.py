@@ -147,7 +147,7 @@ def render(
     height, width = config.size
     diversity = None
     if config.diversity_layer is not None:
-        diversity = Diversity(config.diversity_layer, config.diversity_weight)
+        diversity = Diversity(config.diversity_layer, config.diversity_weight, config.diversity_kind)
 
     device, dtype = device_and_dtype(model)
     amp_dtype = resolve_autocast(config.autocast, device, dtype)

@@ -367,7 +367,7 @@ def test_ablation_renders_every_variant_and_scores_it(bigger_cifar, ref_paths, t
 
     # Each cumulative row changes exactly one ingredient: the settings of consecutive rows differ in one key;
     # each alternative changes one setting of the defaults (row 4).
-    cumulative = len(ablation.VARIANTS) + 1
+    cumulative = len(ablation.VARIANTS) + 2  # and the diversity term, as Gram matrices, then as features
     for before, after in zip(rows[:cumulative], rows[1:cumulative], strict=False):
         assert len(changed(before, after)) == 1 or changed(before, after) == {
             "diversity_layer",
@@ -415,7 +415,8 @@ def test_ablation_renders_every_variant_and_scores_it(bigger_cifar, ref_paths, t
 
     # "=NAME" picks one row by its whole name, where a word would also pick the phase-only diversity rows.
     (only,) = ablation.main([*args, "--only", "=+ diversity"])
-    assert only["name"] == "+ diversity" and only["settings"] == rows[cumulative - 1]["settings"]
+    assert only["name"] == "+ diversity" and only["settings"] == rows[cumulative - 2]["settings"]
+    assert rows[cumulative - 1]["settings"] == dict(only["settings"], diversity_kind="features")
 
 
 def test_ablation_set_reads_render_settings_and_refuses_unknown_keys():

@@ -97,6 +97,24 @@ def test_diversity_penalises_similar_styles() -> None:
     assert torch.allclose(grams[0], varied[0].reshape(6, -1) @ varied[0].reshape(6, -1).T / 25)
 
 
+def test_feature_diversity_tells_apart_what_the_gram_matrices_do_not() -> None:
+    # Four images with the same channel statistics (a pattern shifted in space): one Gram matrix, four layouts.
+    pattern = torch.randn(6, 5, 5, generator=torch.Generator().manual_seed(2))
+    shifted = torch.stack([pattern.roll(shifts=(i, 2 * i), dims=(1, 2)) for i in range(4)])
+    acts = Activations(torch.zeros(4, 2), {"layer": shifted})
+    gram, features = Diversity("layer", 1.0), Diversity("layer", 1.0, kind="features")
+    assert torch.allclose(gram(acts), torch.full((4,), -1.0), atol=1e-5)  # no style difference at all
+    unit = torch.nn.functional.normalize(shifted.reshape(4, -1), dim=1)
+    cosine = unit @ unit.T
+    assert torch.allclose(features(acts), -(cosine.sum(dim=1) - 1) / 3, atol=1e-5)
+    assert (features(acts) > -0.5).all()  # the layouts differ
+    same = Activations(torch.zeros(4, 2), {"layer": pattern.expand(4, -1, -1, -1)})
+    assert torch.allclose(features(same), torch.full((4,), -1.0), atol=1e-5)
+    assert features.description == "1 * diversity layer (features)"
+    with pytest.raises(ValueError, match="diversity kind must be one of 'gram', 'features', got 'style'"):
+        Diversity("layer", 1.0, kind="style")  # type: ignore[arg-type]
+
+
 def test_out_of_range_indices_name_the_value_and_the_range() -> None:
     acts = _acts()
     with pytest.raises(ValueError, match=r"class index 12 is out of range.*10 classes \(valid: 0\.\.9\)"):

@@ -155,6 +155,24 @@ def test_diversity_lowers_the_style_similarity_within_a_target() -> None:
     assert not torch.equal(diverse.values, plain.values)
 
 
+def test_feature_diversity_lowers_the_activation_similarity_within_a_target() -> None:
+    net = TinyNet()
+    settings = {**FAST, "steps": 20, "augment": False, "images_per_target": 4}
+    plain = render(net, 0, **settings)
+    layer = {"diversity_layer": "features.relu1", "diversity_weight": 5.0}
+    diverse = render(net, 0, diversity_kind="features", **layer, **settings)
+    gram = render(net, 0, **layer, **settings)
+
+    def similarity(result) -> float:
+        with torch.no_grad(), LayerCapture(net, ["features.relu1"]) as capture:
+            net.eval()(result.model_input[0])
+            acts = Activations(torch.zeros(4, 1), capture.take())
+        return -Diversity("features.relu1", kind="features")(acts).mean().item()  # mean activation cosine
+
+    assert similarity(diverse) < similarity(plain) - 0.01
+    assert not torch.equal(diverse.rgb, gram.rgb)  # another objective than the Gram matrices'
+
+
 class _NanForTarget(Objective):
     """Class 1's logit, but NaN once it exceeds where it started (so the first steps are fine)."""
 
@@ -298,6 +316,7 @@ def test_final_logits_give_the_target_probabilities() -> None:
         ),
         ({"max_batch_size": 1}, r"max_batch_size \(1\) must be >= images_per_target \(2\)"),
         ({"augment": "yes"}, "augment must be True, False or a list of Transforms"),
+        ({"diversity_kind": "style"}, "diversity_kind must be one of 'gram', 'features', got 'style'"),
         ({"fourier_scale": "1/f^2"}, "fourier_scale must be one of '1/f', 'data', got '1/f\\^2'"),
     ],
 )
