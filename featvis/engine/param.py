@@ -383,9 +383,8 @@ def data_scale(magnitude: Tensor, size: tuple[int, int], decay: float = 1.0) -> 
         A ``(C, H, W // 2 + 1)`` scale.
     """
     height, width = size
-    magnitude = _check_magnitude(magnitude if magnitude.ndim == 4 else magnitude[None], height, width)[
-        0
-    ].clone()
+    batch = magnitude if magnitude.ndim == 4 else magnitude[None]
+    magnitude = _check_magnitude(batch, height, width)[0].clone()
     # The DC term is each photograph's mean colour, far from the data's mean: 2-3x the lowest frequencies'
     # amplitude on CIFAR-10. As a step size it would swing the pictures' mean colour, so it takes the lowest
     # frequency's value instead, as the 1/f scale's floor does.
