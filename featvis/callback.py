@@ -219,7 +219,7 @@ class FeatureVisCallback(Callback):
         if self._budget.active and not self._budget.measured("classes"):  # a 2-step render; all ranks join
             self._budget.calibrate("classes", lambda steps: self.render(pl_module, trainer, steps)["seconds"])
         self._budget.check(self.config.steps)  # a budget too small fails now, before training (no-op without)
-        # Settings that take spectra ("phase", fourier_scale "data") with no training images fail now, before training.
+        # Settings that take spectra (phase, a data scale) with no training images fail now, before training.
         size = RenderConfig(image_size=self._size(trainer, pl_module)).size
         self._scorer.spectra(self.config, trainer, pl_module, self._colour(trainer, pl_module), size)
         epoch = trainer.current_epoch
@@ -335,9 +335,7 @@ class FeatureVisCallback(Callback):
         # Steps: the budget's if it scaled them, else the sheets' own (warm, or cold when stale). Automatic
         # channel choices are kept once the model has trained (see featvis.hidden), not at step 0.
         steps, keep = plan.sheet_steps if plan.scale < 1 else None, epoch > 0
-        spectra = self._scorer.spectra(
-            self.config, trainer, module, colour, config.size
-        )  # None unless needed
+        spectra = self._scorer.spectra(self.config, trainer, module, colour, config.size)  # None if not taken
         out = self._sheets.render(
             module, colour, basis, config, spectra, keep=keep, epoch=epoch, steps=steps, layers=plan.layers
         )

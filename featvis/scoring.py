@@ -70,8 +70,9 @@ class RunScorer:
         self, config: RenderConfig, trainer: Any, model: nn.Module, space: InputSpace, size: tuple[int, int]
     ) -> Tensor | None:
         """The training images (RGB in [0, 1]) whose amplitude spectra a phase-only render keeps, or a
-        ``fourier_scale="data"`` render averages; None for other settings. Read once per run: the datamodule's ``split("train")`` (the sample the metrics compare
-        with) when it has one of the render's size, else the run's training dataloader (a drop-in run).
+        ``fourier_scale="data"`` render averages; None for other settings. Read once per run: the datamodule's
+        ``split("train")`` (the sample the metrics compare with) when it has one of the render's size, else the
+        run's training dataloader (a drop-in run).
 
         Args:
             config: the render settings (its ``parameterisation`` and ``seed`` are used).
@@ -94,11 +95,9 @@ class RunScorer:
                 images = _loader_images(trainer, model, space, config.seed)
             if images is None:
                 raise ValueError(
-                    f"parameterisation={config.parameterisation!r}"
-                    + (" with fourier_scale='data'" if config.parameterisation == "fourier" else "")
-                    + " takes training images' spectra, and this run has neither a datamodule with "
-                    f"split('train') nor a training DataLoader whose batches hold (N, {space.channels}, H, W) "
-                    "image tensors; keep the 1/f default."
+                    f"{config.spectra_settings} takes training images' spectra, and this run has neither a "
+                    "datamodule with split('train') nor a training DataLoader whose batches hold "
+                    f"(N, {space.channels}, H, W) image tensors; keep the 1/f default."
                 )
             self._spectra = images
         images = (

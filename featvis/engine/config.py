@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from featvis.engine.checks import check_bool, check_choice, check_int, check_number
-from featvis.engine.objectives import DiversityKind
-from featvis.engine.param import PARAMETERISATIONS, Parameterisation
+from featvis.engine.objectives import DIVERSITY_KINDS, DiversityKind
+from featvis.engine.param import FOURIER_SCALES, PARAMETERISATIONS, FourierScale, Parameterisation
 from featvis.engine.transforms import Transform
 
 OptimizerFactory = Callable[[list[Tensor], float], torch.optim.Optimizer]
@@ -92,7 +92,7 @@ class RenderConfig:
     image_size: int | tuple[int, int] | None = None
     parameterisation: Parameterisation = "fourier"
     phase_spectrum: Literal["image", "mean"] = "image"
-    fourier_scale: Literal["1/f", "data"] = "1/f"
+    fourier_scale: FourierScale = "1/f"
     decorrelate: bool = True
     decay: float = 1.25
     init_std: float = 0.01
@@ -115,7 +115,7 @@ class RenderConfig:
             object.__setattr__(self, "image_size", _image_size(self.image_size))
         check_choice("parameterisation", self.parameterisation, PARAMETERISATIONS)
         check_choice("phase_spectrum", self.phase_spectrum, ("image", "mean"))
-        check_choice("fourier_scale", self.fourier_scale, ("1/f", "data"))
+        check_choice("fourier_scale", self.fourier_scale, FOURIER_SCALES)
         check_bool("decorrelate", self.decorrelate)
         object.__setattr__(self, "decay", check_number("decay", self.decay, 0.0))
         object.__setattr__(self, "init_std", check_number("init_std", self.init_std, 0.0))
@@ -135,7 +135,7 @@ class RenderConfig:
         object.__setattr__(
             self, "diversity_weight", check_number("diversity_weight", self.diversity_weight, 0.0)
         )
-        check_choice("diversity_kind", self.diversity_kind, ("gram", "features"))
+        check_choice("diversity_kind", self.diversity_kind, DIVERSITY_KINDS)
         object.__setattr__(
             self,
             "diversity_until",
@@ -191,6 +191,12 @@ class RenderConfig:
         return self.parameterisation == "phase" or (
             self.parameterisation == "fourier" and self.fourier_scale == "data"
         )
+
+    @property
+    def spectra_settings(self) -> str:
+        """The settings that take real images' spectra, as an error message names them."""
+        scale = " with fourier_scale='data'" if self.parameterisation == "fourier" else ""
+        return f"parameterisation={self.parameterisation!r}{scale}"
 
     @property
     def size(self) -> tuple[int, int]:

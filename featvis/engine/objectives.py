@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -289,6 +289,7 @@ def gram_matrices(activations: Tensor) -> Tensor:
 
 
 DiversityKind = Literal["gram", "features"]
+DIVERSITY_KINDS: tuple[str, ...] = get_args(DiversityKind)
 
 
 class Diversity(_LayerObjective):
@@ -308,7 +309,7 @@ class Diversity(_LayerObjective):
 
     def __init__(self, layer: str, weight: float = 1.0, kind: DiversityKind = "gram") -> None:
         self.layer, self.weight = _check_layer_name(layer), check_number("diversity weight", weight, 0.0)
-        self.kind = check_choice("diversity kind", kind, ("gram", "features"))
+        self.kind = check_choice("diversity kind", kind, DIVERSITY_KINDS)
 
     @property
     def description(self) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,8 @@ from featvis.engine.squash import ColourSquash
 
 Parameterisation = Literal["fourier", "pixel", "phase"]
 PARAMETERISATIONS: tuple[str, ...] = ("fourier", "pixel", "phase")
+FourierScale = Literal["1/f", "data"]
+FOURIER_SCALES: tuple[str, ...] = get_args(FourierScale)
 
 #: Colours are limited to [SPECTRA_LIMIT, 1 - SPECTRA_LIMIT] before their spectra are taken for a phase-only
 #: render. Near-black and near-white pixels have huge logits; a real image's saturated highlights put that

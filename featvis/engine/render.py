@@ -196,23 +196,18 @@ def render(
             if config.needs_spectra:
                 if spectra is None:
                     raise ValueError(
-                        f"parameterisation={config.parameterisation!r}"
-                        + (" with fourier_scale='data'" if config.parameterisation == "fourier" else "")
-                        + " takes the amplitude spectra of real images: pass render(..., spectra=<(M, 3, H, W) "
-                        "training images, RGB in [0, 1]>), or use the 1/f default."
+                        f"{config.spectra_settings} takes the amplitude spectra of real images: pass "
+                        "render(..., spectra=<(M, 3, H, W) training images, RGB in [0, 1]>), or use the 1/f "
+                        "default."
                     )
-                real = amplitude_spectra(
-                    spectra,
-                    squash,
-                    count * images_per_target if config.parameterisation == "phase" else 1,
-                    (height, width),
-                    generator,
-                    mean=config.phase_spectrum == "mean" or config.parameterisation == "fourier",
-                )
-                if config.parameterisation == "fourier":  # the data's mean spectrum as the Fourier scale
-                    scale = data_scale(real, (height, width), config.decay)
-                else:
-                    magnitude = real
+                if config.parameterisation == "phase":
+                    mean = config.phase_spectrum == "mean"
+                    magnitude = amplitude_spectra(
+                        spectra, squash, count * images_per_target, (height, width), generator, mean=mean
+                    )
+                else:  # the data's mean spectrum as the Fourier scale (the mean draws nothing)
+                    mean_spectrum = amplitude_spectra(spectra, squash, 1, (height, width), mean=True)
+                    scale = data_scale(mean_spectrum, (height, width), config.decay)
             # One draw for the whole batch, then split: chunking does not change any image's start.
             full = make_image_param(
                 config.parameterisation,
