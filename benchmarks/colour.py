@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-import featvis.engine.param as param
+import featvis.engine.spectrum as engine_spectrum
 from benchmarks import common
 from benchmarks.ablation import SPECTRA_IMAGES, quantise
 from benchmarks.reference_models import cifar_folder
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             "spectral_gap": spectral_gap(real[:40], spectrum),
         }
     ]
-    default_limit = param.SPECTRA_LIMIT
+    default_limit = engine_spectrum.SPECTRA_LIMIT
     try:
         diverse = {"diversity_layer": args.diversity_layer, "diversity_weight": args.diversity_weight}
         last = (
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             default_limit,
         )
         for name, settings, limit in [*ROWS, last]:
-            param.SPECTRA_LIMIT = default_limit if limit is None else limit
+            engine_spectrum.SPECTRA_LIMIT = default_limit if limit is None else limit
             config = RenderConfig(steps=args.steps, seed=args.seed).replace(**settings)
             result = render(model, config=config, spectra=spectra)
             rgb = quantise(result.rgb.flatten(0, 1))
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 f"{name}: colour distance {rows[-1]['colour_distance']:.3f}, gap {rows[-1]['spectral_gap']:.3f}"
             )
     finally:
-        param.SPECTRA_LIMIT = default_limit
+        engine_spectrum.SPECTRA_LIMIT = default_limit
     print()
     print(markdown_table(rows))
     common.write_json({"ckpt": args.ckpt, "steps": args.steps, "seed": args.seed, "rows": rows}, args.json)

@@ -203,3 +203,14 @@ def smooth_images(count: int, seed: int) -> torch.Tensor:
 def noise_images(count: int, seed: int) -> torch.Tensor:
     """Uniform noise in [0, 1], 32x32."""
     return torch.rand(count, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def correlated_colour(count: int, shared: float) -> ColourTransform:
+    """A colour transform fitted to 8x8 pixels whose channels share ``shared`` of a common grey level.
+
+    Correlated channels give the whitening a real rotation, so tests of the decorrelated basis are not trivial.
+    """
+    generator = torch.Generator().manual_seed(0)
+    base = torch.rand(count, 1, 8, 8, generator=generator)
+    pixels = (shared * base + (1 - shared) * torch.rand(count, 3, 8, 8, generator=generator)) * 255
+    return ColourTransform.from_pixels(pixels.to(torch.uint8))

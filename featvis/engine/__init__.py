@@ -40,11 +40,10 @@ from featvis.engine.param import (
     ImageParam,
     PhaseImage,
     PixelImage,
-    amplitude_spectra,
-    data_scale,
     make_image_param,
 )
 from featvis.engine.render import NonFiniteError, RenderResult, render
+from featvis.engine.spectrum import amplitude_spectra, data_scale
 from featvis.engine.transforms import Compose, Flip, Jitter, Pad, Rotate, Scale, Transform, default_transforms
 
 __all__ = [

@@ -16,7 +16,8 @@ from torch import Tensor
 
 from featvis.engine.checks import check_bool, check_choice, check_int, check_number
 from featvis.engine.objectives import DIVERSITY_KINDS, DiversityKind
-from featvis.engine.param import FOURIER_SCALES, PARAMETERISATIONS, FourierScale, Parameterisation
+from featvis.engine.param import PARAMETERISATIONS, Parameterisation
+from featvis.engine.spectrum import FOURIER_SCALES, FourierScale
 from featvis.engine.transforms import Transform
 
 OptimizerFactory = Callable[[list[Tensor], float], torch.optim.Optimizer]

@@ -31,7 +31,8 @@ from featvis.engine.objectives import (
     as_objective,
     class_names_of,
 )
-from featvis.engine.param import ImageParam, amplitude_spectra, data_scale, make_image_param
+from featvis.engine.param import ImageParam, make_image_param
+from featvis.engine.spectrum import amplitude_spectra, data_scale
 from featvis.engine.squash import ColourSquash
 from featvis.engine.transforms import Compose, default_transforms, slice_params
 

@@ -17,7 +17,7 @@ import benchmarks.ablation as ablation
 import benchmarks.colour as colour_study
 import benchmarks.common as common
 import benchmarks.quality as quality
-import featvis.engine.param
+import featvis.engine.spectrum
 from benchmarks.reference_models import (
     ARCHITECTURES,
     build_reference,
@@ -455,7 +455,7 @@ def test_colour_study_shows_the_phase_only_rows_contrast_is_the_real_images(
     # so the ratio itself means little here).
     assert all(0.0 < row["diversity_vs_real"] < float("inf") for row in rows[1:])
     assert "| phase-only, limit 0.05 (SPECTRA_LIMIT) |" in capsys.readouterr().out
-    assert featvis.engine.param.SPECTRA_LIMIT == 0.05  # the study put the module's limit back
+    assert featvis.engine.spectrum.SPECTRA_LIMIT == 0.05  # the study put the module's limit back
     # The sheet: 10 classes x (4 real, 4 defaults, 4 phase-only, 4 with the diversity term) tiles of 32 px at
     # scale 3, and label margins.
     picture = load_png(sheet)

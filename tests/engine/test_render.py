@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import correlated_colour
 from torch import Tensor, nn
 
 import featvis.engine
@@ -29,7 +30,7 @@ from featvis.engine import (
     Scale,
     render,
 )
-from featvis.engine.param import SPECTRA_LIMIT, fourier_frequencies
+from featvis.engine.spectrum import SPECTRA_LIMIT, fourier_frequencies
 from featvis.engine.squash import ColourSquash
 
 # Tiny-model settings (the tuned defaults target the real CIFAR model): few steps, a larger learning rate.
@@ -73,10 +74,7 @@ class TinyNet(nn.Module):
 
 
 def _colour() -> ColourTransform:
-    generator = torch.Generator().manual_seed(0)
-    base = torch.rand(32, 1, 8, 8, generator=generator)
-    pixels = (0.6 * base + 0.4 * torch.rand(32, 3, 8, 8, generator=generator)) * 255
-    return ColourTransform.from_pixels(pixels.to(torch.uint8))
+    return correlated_colour(32, 0.6)
 
 
 def test_result_shapes_ranges_and_model_input() -> None:
