@@ -95,9 +95,9 @@ class RunScorer:
                 images = _loader_images(trainer, model, space, config.seed)
             if images is None:
                 raise ValueError(
-                    f"{config.spectra_settings} takes training images' spectra, and this run has neither a "
+                    f"{config.spectra_settings} takes training images, and this run has neither a "
                     "datamodule with split('train') nor a training DataLoader whose batches hold "
-                    f"(N, {space.channels}, H, W) image tensors; keep the 1/f default."
+                    f"(N, {space.channels}, H, W) image tensors; keep the defaults."
                 )
             self._spectra = images
         images = (

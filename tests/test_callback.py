@@ -460,8 +460,13 @@ def test_phase_only_renders_keep_the_training_images_contrast(tmp_path, cifar_di
 
     datamodule = CIFARDataModule(data_dir=str(cifar_dir), batch_size=50, download=False)
     contrast, pictures = {}, {}
-    for kind in ("fourier", "phase", "data"):
-        settings = {"fourier_scale": "data"} if kind == "data" else {"parameterisation": kind}
+    kinds = {
+        "fourier": {},
+        "phase": {"parameterisation": "phase"},
+        "data": {"fourier_scale": "data"},
+        "layout": {"init": "layout"},
+    }
+    for kind, settings in kinds.items():
         config = RenderConfig(steps=2, images_per_target=2, **settings)
         sheets = SheetConfig(k=2, examples=2, probe_size=8)
         callback = FeatureVisCallback(config=config, targets=["cat", 0], sheets=sheets)
@@ -479,6 +484,9 @@ def test_phase_only_renders_keep_the_training_images_contrast(tmp_path, cifar_di
     # The data-scaled Fourier pictures start as flat as 1/f's, from the same draw, but change at the training
     # images' rates, so they differ.
     assert contrast["data"] < 0.2 and not torch.equal(pictures["data"], pictures["fourier"]), contrast
+    # Layout-started pictures begin from training images' coarse layouts: each its own mean colour.
+    spread = {kind: float(rgb.mean(dim=(2, 3)).std(dim=0).mean()) for kind, rgb in pictures.items()}
+    assert spread["fourier"] < 0.05 < 0.15 < spread["layout"], spread
 
     # Without a datamodule that has split("train"), the training loader's images are read instead (below).
 
@@ -676,12 +684,15 @@ class _NoImages(TinyClassifier):
     [
         ({"parameterisation": "phase"}, "parameterisation='phase' takes"),
         ({"fourier_scale": "data"}, "parameterisation='fourier' with fourier_scale='data' takes"),
+        ({"init": "layout"}, "init='layout' takes"),
     ],
 )
 def test_renders_that_take_spectra_without_training_images_fail_before_training(tmp_path, settings, named):
     callback = FeatureVisCallback(config=FAST.replace(**settings), render_before_training=False)
     # Training on these rows would fail in the first conv; the callback fails first, with the fix.
-    with pytest.raises(ValueError, match=re.escape(named) + r" .*\(N, 3, H, W\) image tensors; keep the 1/f"):
+    with pytest.raises(
+        ValueError, match=re.escape(named) + r" .*\(N, 3, H, W\) image tensors; keep the defaults"
+    ):
         make_trainer(tmp_path, [callback], epochs=1).fit(_NoImages())
 
 

@@ -68,7 +68,8 @@ def _render_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-dir",
         help="CIFAR data_dir: the training-set spectrum for the spectral gap, and the training images whose "
-        "amplitude spectra --parameterisation phase keeps (and --fourier-scale data averages).",
+        "amplitude spectra --parameterisation phase keeps (--fourier-scale data averages them; --init layout starts from "
+        "their coarse layouts).",
     )
     parser.add_argument(
         "--reference", nargs="+", help="ClassifierModule checkpoints of other models, for transfer accuracy."
@@ -283,11 +284,11 @@ def _train_spectrum(data_dir: str, size: tuple[int, int]) -> Tensor:
 
 def _phase_images(data_dir: str | None) -> Tensor:
     """Evenly spaced training images (RGB in [0, 1]) whose amplitude spectra a phase-only or data-scaled render
-    takes."""
+    takes, or whose layouts a layout start does."""
     if data_dir is None:
         raise RenderError(
-            "--parameterisation phase and --fourier-scale data take training images' amplitude spectra: pass "
-            "--data-dir (the folder that holds cifar-10-batches-py), or keep the 1/f default."
+            "--parameterisation phase, --fourier-scale data and --init layout take training images: pass "
+            "--data-dir (the folder that holds cifar-10-batches-py), or keep the defaults."
         )
     return training_sample(_train_images(data_dir)).float().div(255)
 

@@ -59,6 +59,11 @@ class RenderConfig:
             the pictures were more recognisable and closer to the data's colours than at 1.0, at the same
             spectral gap (benchmarks/README.md, "A steeper spectral prior").
         init_std: standard deviation of the random start of the parameters.
+        init: the start of each image: ``"noise"`` (the random start alone, around the data's mean colour) or
+            ``"layout"`` (added to it, the coarse layout of a real image drawn with the seed: its mean colour and
+            colour regions, frequencies up to 2.25 cycles per image; :func:`render` then needs ``spectra``, real
+            images). Different photographs' layouts give each picture its own colours and ground; the
+            optimisation paints the target into them.
         augment: random per-image transforms at every step: True for
             :func:`~featvis.engine.transforms.default_transforms` sized for the image, False for none, or a list
             of :class:`~featvis.engine.transforms.Transform` objects.
@@ -97,6 +102,7 @@ class RenderConfig:
     decorrelate: bool = True
     decay: float = 1.25
     init_std: float = 0.01
+    init: Literal["noise", "layout"] = "noise"
     augment: bool | Sequence[Transform] = True
     diversity_layer: str | None = None
     diversity_weight: float = 2.0
@@ -120,6 +126,7 @@ class RenderConfig:
         check_bool("decorrelate", self.decorrelate)
         object.__setattr__(self, "decay", check_number("decay", self.decay, 0.0))
         object.__setattr__(self, "init_std", check_number("init_std", self.init_std, 0.0))
+        check_choice("init", self.init, ("noise", "layout"))
         if not isinstance(self.augment, bool):
             if isinstance(self.augment, str) or not isinstance(self.augment, Sequence):
                 raise ValueError(
@@ -188,16 +195,20 @@ class RenderConfig:
 
     @property
     def needs_spectra(self) -> bool:
-        """Whether a render with these settings takes real images' spectra (``render(..., spectra=...)``)."""
-        return self.parameterisation == "phase" or (
-            self.parameterisation == "fourier" and self.fourier_scale == "data"
-        )
+        """Whether a render with these settings takes real images (``render(..., spectra=...)``)."""
+        return bool(self.spectra_settings)
 
     @property
     def spectra_settings(self) -> str:
-        """The settings that take real images' spectra, as an error message names them."""
-        scale = " with fourier_scale='data'" if self.parameterisation == "fourier" else ""
-        return f"parameterisation={self.parameterisation!r}{scale}"
+        """The settings that take real images, as an error message names them; empty when none does."""
+        named = []
+        if self.parameterisation == "phase":
+            named.append("parameterisation='phase'")
+        elif self.parameterisation == "fourier" and self.fourier_scale == "data":
+            named.append("parameterisation='fourier' with fourier_scale='data'")
+        if self.init == "layout":
+            named.append("init='layout'")
+        return " and ".join(named)
 
     @property
     def size(self) -> tuple[int, int]:

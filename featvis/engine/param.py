@@ -46,6 +46,11 @@ class ImageParam(ABC):
     def split(self, sizes: Sequence[int]) -> list[ImageParam]:
         """Independent parameterisations of consecutive groups of images (new leaves, copied values)."""
 
+    @abstractmethod
+    def encode(self, z: Tensor) -> Tensor:
+        """Parameter values whose image is ``z``, ``(N, C, H, W)`` in the colour basis (for a phase-only image:
+        whose phases are ``z``'s), e.g. to add to the random start."""
+
     def __len__(self) -> int:
         return self.parameter.shape[0]
 
@@ -95,6 +100,9 @@ class PixelImage(ImageParam):
 
     def image(self) -> Tensor:
         return self.parameter
+
+    def encode(self, z: Tensor) -> Tensor:
+        return z.to(self.parameter)
 
     def split(self, sizes: Sequence[int]) -> list[ImageParam]:
         return [PixelImage.from_parameter(part) for part in self._split_leaf(self.parameter, sizes)]
@@ -175,6 +183,10 @@ class FourierImage(ImageParam):
         # Orthonormal inverse FFT: the spectrum's scale does not depend on the image size.
         return torch.fft.irfft2(self.spectrum(), s=(self.height, self.width), norm="ortho")
 
+    def encode(self, z: Tensor) -> Tensor:
+        spectrum = torch.fft.rfft2(z.to(self.scale), norm="ortho")
+        return torch.view_as_real(spectrum / self.scale).to(self.parameter)
+
     def split(self, sizes: Sequence[int]) -> list[ImageParam]:
         return [
             FourierImage.from_parameter(part, self.height, self.width, self.decay, self.scale)
@@ -233,6 +245,10 @@ class PhaseImage(FourierImage):
         self.height, self.width, self.decay = height, width, 0.0
         self.parameter, self.magnitude = parameter, magnitude.to(parameter)
         return self
+
+    def encode(self, z: Tensor) -> Tensor:
+        # Only a coefficient's direction counts: z's own, where z has energy, dominates a small random start.
+        return torch.view_as_real(torch.fft.rfft2(z.to(self.magnitude), norm="ortho")).to(self.parameter)
 
     def spectrum(self) -> Tensor:
         coefficients = torch.view_as_complex(self.parameter)

@@ -32,7 +32,7 @@ from featvis.engine.objectives import (
     class_names_of,
 )
 from featvis.engine.param import ImageParam, make_image_param
-from featvis.engine.spectrum import amplitude_spectra, data_scale
+from featvis.engine.spectrum import amplitude_spectra, data_scale, layout_images
 from featvis.engine.squash import ColourSquash
 from featvis.engine.transforms import Compose, default_transforms, slice_params
 
@@ -197,16 +197,17 @@ def render(
             if config.needs_spectra:
                 if spectra is None:
                     raise ValueError(
-                        f"{config.spectra_settings} takes the amplitude spectra of real images: pass "
-                        "render(..., spectra=<(M, 3, H, W) training images, RGB in [0, 1]>), or use the 1/f "
-                        "default."
+                        f"{config.spectra_settings} takes real images (their spectra or layouts): pass "
+                        "render(..., spectra=<(M, 3, H, W) training images, RGB in [0, 1]>), or keep the "
+                        "defaults."
                     )
                 if config.parameterisation == "phase":
                     mean = config.phase_spectrum == "mean"
                     magnitude = amplitude_spectra(
                         spectra, squash, count * images_per_target, (height, width), generator, mean=mean
                     )
-                else:  # the data's mean spectrum as the Fourier scale (the mean draws nothing)
+                elif config.parameterisation == "fourier" and config.fourier_scale == "data":
+                    # The data's mean spectrum as the Fourier scale (the mean draws nothing).
                     mean_spectrum = amplitude_spectra(spectra, squash, 1, (height, width), mean=True)
                     scale = data_scale(mean_spectrum, (height, width), config.decay)
             # One draw for the whole batch, then split: chunking does not change any image's start.
@@ -223,6 +224,11 @@ def render(
                 dtype=dtype,
                 channels=channels,
             )
+            # Drawn after the noise, so the noise is an "init: noise" render's; `spectra` was checked above.
+            if config.init == "layout" and spectra is not None:
+                layouts = layout_images(spectra, squash, len(full), (height, width), generator)
+                with torch.no_grad():
+                    full.parameter.add_(full.encode(layouts))
             if start is not None:
                 if tuple(start.shape) != tuple(full.parameter.shape):
                     raise ValueError(

@@ -4,8 +4,8 @@ A Fourier image's scale is a preconditioner. Adam moves every spectral coefficie
 so the scale decides how fast each frequency of each colour direction may change: :func:`fourier_scale` is the
 ``1 / f ** decay`` guess at natural images' fall-off, :func:`data_scale` the data's own mean spectrum. A
 phase-only image (:class:`~featvis.engine.param.PhaseImage`) fixes the amplitudes to real images' spectra
-(:func:`amplitude_spectra`) and optimises only the phase. The image parameterisations themselves live in
-:mod:`featvis.engine.param`.
+(:func:`amplitude_spectra`) and optimises only the phase. :func:`layout_images` gives real images' coarse
+layouts, a render's start with ``init="layout"``. The image parameterisations themselves live in :mod:`featvis.engine.param`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,15 @@ FOURIER_SCALES: tuple[str, ...] = get_args(FourierScale)
 #: `python -m benchmarks.colour`): half an 8-bit level 0.046, 0.291; 0.05: 0.089, 0.131; 0.1: 0.111, 0.095;
 #: featvis's 1/f default 0.197, 0.331. 0.05 keeps both well inside the quality bars (0.10 and 0.30).
 SPECTRA_LIMIT = 0.05
+
+
+#: A layout start (:func:`layout_images`) keeps a real image's frequencies up to 2.25 cycles per image: its mean
+#: colour and colour regions of about a quarter of the picture and larger. Measured on two 2-epoch SpeedNets of
+#: the default recipe, each read by the other (benchmarks/README.md, "A start from the data's layouts"): at 2.25
+#: the colour distance to real images falls from 0.13 to 0.06 at the same target probability and spectral gap;
+#: the mean colour alone (0) reaches 0.108 and loses 0.015 of target probability; 4.8 and 9.6 cycles reach 0.059
+#: and 0.051 but widen the spectral gap from 0.32 to 0.36 and 0.42.
+LAYOUT_CYCLES = 2.25
 
 
 def fourier_frequencies(height: int, width: int, device: torch.device | str | None = None) -> Tensor:
@@ -117,13 +126,66 @@ def amplitude_spectra(
     Returns:
         ``(count, C, H, W // 2 + 1)`` amplitude spectra, C the space's channels.
     """
+    # The mean takes every image as it is; otherwise one image per rendered image.
+    z = _real_in_basis(rgb, squash, size, None if mean else count, generator)
+    amplitudes = torch.fft.rfft2(z, norm="ortho").abs()
+    if mean:
+        return amplitudes.mean(dim=0, keepdim=True).expand(count, -1, -1, -1).contiguous()
+    return amplitudes
+
+
+def layout_images(
+    rgb: Tensor,
+    squash: ColourSquash,
+    count: int,
+    size: tuple[int, int],
+    generator: torch.Generator | None = None,
+    cycles: float = LAYOUT_CYCLES,
+) -> Tensor:
+    """The coarse layouts of real images in a render's colour basis: each one's frequencies up to ``cycles``.
+
+    A render started from them (``RenderConfig(init="layout")``) begins each picture from a different
+    photograph's mean colour and large colour regions (a sky above, grass below) instead of the data's mean
+    grey, and the optimisation paints the target into it. The images are drawn and mapped into the basis as
+    :func:`amplitude_spectra` does, with ``generator``.
+
+    Args:
+        rgb: ``(M, 3, h, w)`` real images, RGB in [0, 1].
+        squash: the render's colour squash.
+        count: layouts to draw, one per rendered image.
+        size: ``(H, W)`` of the rendered images.
+        generator: random source of the draw (on the squash's device).
+        cycles: the highest frequency kept, in cycles per image (:data:`LAYOUT_CYCLES` by default).
+
+    Returns:
+        ``(count, C, H, W)`` images in the decorrelated basis, C the space's channels.
+    """
+    check_number("layout cycles", cycles, 0.0)
+    z = _real_in_basis(rgb, squash, size, count, generator)
+    height, width = size
+    per_image_y = torch.fft.fftfreq(height, device=z.device).view(-1, 1) * height
+    per_image_x = torch.fft.rfftfreq(width, device=z.device).view(1, -1) * width
+    keep = per_image_y.square() + per_image_x.square() <= cycles**2
+    return torch.fft.irfft2(torch.fft.rfft2(z, norm="ortho") * keep, s=size, norm="ortho")
+
+
+def _real_in_basis(
+    rgb: Tensor,
+    squash: ColourSquash,
+    size: tuple[int, int],
+    count: int | None,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """Real images in the render's decorrelated basis: ``count`` drawn with ``generator`` (without replacement
+    while there are enough, with replacement after), or all of them for None; resized to ``size``, grey for a
+    one-channel space, colours limited to :data:`SPECTRA_LIMIT`."""
     if not isinstance(rgb, Tensor) or rgb.ndim != 4 or rgb.shape[1] != 3 or rgb.shape[0] < 1:
         shape = tuple(rgb.shape) if isinstance(rgb, Tensor) else type(rgb).__name__
         raise ValueError(f"spectra needs real RGB images of shape (M, 3, H, W), M >= 1, got {shape}.")
     device = squash.correlation.device
     total = rgb.shape[0]
     images = rgb.to(device, squash.correlation.dtype)
-    if not mean:  # the mean takes every image as it is; otherwise one image per rendered image
+    if count is not None:
         if total >= count:
             index = torch.randperm(total, generator=generator, device=device)[:count]
         else:
@@ -133,10 +195,7 @@ def amplitude_spectra(
         images = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
     if squash.channels == 1:
         images = images.mean(dim=1, keepdim=True)
-    amplitudes = torch.fft.rfft2(squash.to_z(images, SPECTRA_LIMIT), norm="ortho").abs()
-    if mean:
-        return amplitudes.mean(dim=0, keepdim=True).expand(count, -1, -1, -1).contiguous()
-    return amplitudes
+    return squash.to_z(images, SPECTRA_LIMIT)
 
 
 def data_scale(magnitude: Tensor, size: tuple[int, int], decay: float = 1.0) -> Tensor:

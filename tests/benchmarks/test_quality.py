@@ -380,6 +380,7 @@ def test_ablation_renders_every_variant_and_scores_it(bigger_cifar, ref_paths, t
         {"fourier_scale"},
         {"decay"},
         {"decay"},
+        {"init"},
     ]
     # The trade-off rows: phase-only pictures with the diversity term at growing weights, acting in every step,
     # then in the first half of the steps only.
@@ -408,7 +409,7 @@ def test_ablation_renders_every_variant_and_scores_it(bigger_cifar, ref_paths, t
     assert "| defaults, phase-only spectra of training images |" in printed
     # Fourier images have another spectrum than pixel images from the same start and steps.
     assert rows[2]["spectral_gap"] != rows[1]["spectral_gap"]
-    # The data-scaled and the other exponents' Fourier rows differ from the defaults' pictures.
+    # The data-scaled, the other exponents' and the layout-started Fourier rows differ from the defaults' pictures.
     scaled = rows[cumulative + 2 : cumulative + alternatives]
     assert all(row["colour_distance"] != rows[3]["colour_distance"] for row in scaled)
     assert "| defaults, the plain 1/f spectrum (decay 1) |" in printed

@@ -148,3 +148,19 @@ def test_a_fourier_image_with_a_scale_follows_it_per_channel_and_keeps_it_when_s
     assert torch.allclose(torch.cat([half.image() for half in halves]), image.image())
     with pytest.raises(ValueError, match=r"scale must be a \(8, 5\) or \(3, 8, 5\) tensor"):
         FourierImage(1, 8, 8, scale=torch.ones(8, 8))
+
+
+def test_encode_gives_the_parameters_of_an_image_and_a_phase_image_takes_its_phases() -> None:
+    z = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(10))
+    scale = torch.rand(3, 8, 5, generator=torch.Generator().manual_seed(11)) + 0.5
+    for image in (PixelImage(3, 8, 8), FourierImage(3, 8, 8, decay=1.25), FourierImage(3, 8, 8, scale=scale)):
+        with torch.no_grad():
+            image.parameter.copy_(image.encode(z))
+        assert torch.allclose(image.image(), z, atol=1e-5), type(image).__name__
+    magnitude = torch.rand(3, 3, 8, 5, generator=torch.Generator().manual_seed(12)) + 0.1
+    phase = PhaseImage(magnitude, 8, 8, generator=torch.Generator().manual_seed(13))
+    with torch.no_grad():
+        phase.parameter.copy_(phase.encode(z))
+    spectrum, target = phase.spectrum(), torch.fft.rfft2(z, norm="ortho")
+    assert torch.allclose(spectrum.abs(), magnitude, atol=1e-5)  # its own amplitudes
+    assert torch.allclose(spectrum / spectrum.abs(), target / target.abs(), atol=1e-4)  # z's phases

@@ -591,8 +591,42 @@ def test_a_data_scaled_fourier_render_takes_the_real_images_spectral_fall_off() 
         return float(power[..., fourier_frequencies(16, 16) > 0.25].sum() / ac)
 
     assert high_share(data.rgb) < 0.5 * high_share(plain.rgb), (high_share(data.rgb), high_share(plain.rgb))
-    with pytest.raises(ValueError, match="fourier_scale='data' takes the amplitude spectra of real images"):
+    with pytest.raises(ValueError, match="fourier_scale='data' takes real images"):
         render(net, 0, colour=colour, fourier_scale="data", **settings)
+
+
+def test_a_layout_start_adds_a_real_images_layout_to_each_pictures_random_start() -> None:
+    net, colour = TinyNet(), _colour()
+    generator = torch.Generator().manual_seed(5)
+    # Photographs of a kind: each its own mean colour and a vertical colour gradient (a sky above a ground).
+    ground = torch.rand(6, 3, 1, 1, generator=generator) * 0.5 + 0.25
+    gradient = torch.linspace(-0.15, 0.15, 16).view(1, 1, 16, 1) * torch.randn(
+        6, 3, 1, 1, generator=generator
+    )
+    real = (ground + gradient).expand(6, 3, 16, 16).clamp(0, 1)
+    settings = {**FAST, "steps": 0, "augment": False}
+    noise = render(net, [0, 3], colour=colour, **settings)
+    layout = render(net, [0, 3], colour=colour, spectra=real, init="layout", **settings)
+    squash = ColourSquash(colour)
+    added = squash.to_z(layout.rgb.flatten(0, 1)) - squash.to_z(noise.rgb.flatten(0, 1))
+    # The same random start (drawn first), plus one real image's layout each, no two pictures the same image.
+    whole = squash.to_z(real, SPECTRA_LIMIT)
+    order = [int((whole - picture).flatten(1).abs().amax(dim=1).argmin()) for picture in added]
+    assert len(set(order)) == 4, order
+    cycles = fourier_frequencies(16, 16) * 16
+    low = torch.fft.rfft2(whole[order], norm="ortho") * (cycles <= 2.25)
+    assert torch.allclose(added, torch.fft.irfft2(low, s=(16, 16), norm="ortho"), atol=1e-3)
+    # The pictures' mean colours spread as the photographs' do, where the noise start keeps them at the mean.
+    spread = {
+        name: float(r.rgb.flatten(0, 1).mean(dim=(2, 3)).std(dim=0).mean())
+        for name, r in (("noise", noise), ("layout", layout))
+    }
+    assert spread["noise"] < 0.01 < 0.05 < spread["layout"], spread
+    # The optimisation starts from there and raises the targets.
+    trained = render(net, [0, 3], colour=colour, spectra=real, init="layout", **{**settings, "steps": 30})
+    assert (trained.values > layout.values + 0.3).all(), (layout.values, trained.values)
+    with pytest.raises(ValueError, match="init='layout' takes real images"):
+        render(net, 0, colour=colour, init="layout", **settings)
 
 
 def test_diversity_until_turns_the_term_off_after_its_fraction_of_the_steps() -> None:

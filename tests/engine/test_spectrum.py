@@ -8,11 +8,13 @@ from helpers import correlated_colour
 
 from featvis.colour import ColourTransform
 from featvis.engine.spectrum import (
+    LAYOUT_CYCLES,
     SPECTRA_LIMIT,
     amplitude_spectra,
     data_scale,
     fourier_frequencies,
     fourier_scale,
+    layout_images,
 )
 from featvis.engine.squash import ColourSquash
 
@@ -98,3 +100,22 @@ def test_a_data_scale_falls_as_the_images_spectrum_does_at_the_size_of_the_1_ove
     assert torch.allclose(scale[:, 0, 0], scale[:, ring].mean(dim=1))
     with pytest.raises(ValueError, match=r"\(8, 9\)"):
         data_scale(mean, (8, 16))
+
+
+def test_layouts_keep_the_lowest_frequencies_of_real_images_each_drawn_once() -> None:
+    squash = ColourSquash(_colour())
+    real = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(9))
+    layouts = layout_images(real, squash, 5, (16, 16), torch.Generator().manual_seed(0))
+    assert layouts.shape == (5, 3, 16, 16)
+    spectra = torch.fft.rfft2(layouts, norm="ortho")
+    cycles = fourier_frequencies(16, 16) * 16  # per image, on a square image
+    low = cycles <= LAYOUT_CYCLES
+    assert 1 < int(low.sum()) < 16 and spectra[..., ~low].abs().max() < 1e-5  # nothing finer than the layout
+    own = torch.fft.rfft2(squash.to_z(real, SPECTRA_LIMIT), norm="ortho")[..., low]
+    order = [int((own - layout[..., low]).abs().flatten(1).amax(dim=1).argmin()) for layout in spectra]
+    assert sorted(order) == list(range(5))  # each real image once
+    assert torch.allclose(spectra[..., low], own[order], atol=1e-4)  # and its low frequencies as they are
+    # No cycles: the mean colour alone, one flat colour per picture, different between pictures.
+    flat = layout_images(real, squash, 5, (16, 16), torch.Generator().manual_seed(0), cycles=0.0)
+    assert torch.allclose(flat, flat.mean(dim=(2, 3), keepdim=True), atol=1e-5)
+    assert flat.mean(dim=(2, 3)).std(dim=0).min() > 0.01
