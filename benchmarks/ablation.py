@@ -21,7 +21,8 @@ and, beside row 4, the alternatives to featvis's defaults (``ALTERNATIVES``), ea
     1/f, 1/f^1.5           the Fourier scale's exponent (``decay``) at 1, the plain 1/f prior (the default
                            until issue 15's measurements), and at 1.5 instead of the default's 1.25
     layouts                each picture starts from the coarse layout of a training image (its frequencies up
-                           to 2.25 cycles per image) added to the random start (``init="layout"``)
+                           to 2.25 cycles per image), whole or at half strength, added to the random start
+                           (``init_layout`` 1 and 0.5)
 
 and then phase-only pictures with the diversity term at ``DIVERSITY_SCALES`` times ``--diversity-weight`` (the
 trade-off between within-class diversity and recognisability), acting in all the steps and, again, in the first
@@ -80,7 +81,8 @@ ALTERNATIVES: list[tuple[str, dict[str, Any]]] = [
     ("defaults, Fourier scaled by the data's mean spectrum", {"fourier_scale": "data"}),
     ("defaults, the plain 1/f spectrum (decay 1)", {"decay": 1.0}),
     ("defaults, steeper spectrum 1/f^1.5", {"decay": 1.5}),
-    ("defaults, started from training images' layouts", {"init": "layout"}),
+    ("defaults, started from training images' layouts", {"init_layout": 1.0}),
+    ("defaults, started from half of training images' layouts", {"init_layout": 0.5}),
 ]
 #: Training images whose amplitude spectra the phase-only rows keep, or whose layouts the layout row starts from
 #: (drawn with the ablation's seed).

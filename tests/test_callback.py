@@ -464,7 +464,7 @@ def test_phase_only_renders_keep_the_training_images_contrast(tmp_path, cifar_di
         "fourier": {},
         "phase": {"parameterisation": "phase"},
         "data": {"fourier_scale": "data"},
-        "layout": {"init": "layout"},
+        "layout": {"init_layout": 1.0},
     }
     for kind, settings in kinds.items():
         config = RenderConfig(steps=2, images_per_target=2, **settings)
@@ -684,7 +684,7 @@ class _NoImages(TinyClassifier):
     [
         ({"parameterisation": "phase"}, "parameterisation='phase' takes"),
         ({"fourier_scale": "data"}, "parameterisation='fourier' with fourier_scale='data' takes"),
-        ({"init": "layout"}, "init='layout' takes"),
+        ({"init_layout": 0.5}, "init_layout=0.5 takes"),
     ],
 )
 def test_renders_that_take_spectra_without_training_images_fail_before_training(tmp_path, settings, named):

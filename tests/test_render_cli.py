@@ -130,15 +130,15 @@ def test_phase_render_keeps_training_images_spectra_from_the_data_dir(tmp_path, 
     [
         (
             ("--parameterisation", "phase"),
-            "--parameterisation phase, --fourier-scale data and --init layout take training images",
+            "--parameterisation phase, --fourier-scale data and --init-layout take training images",
         ),
         (
             ("--fourier-scale", "data"),
-            "--parameterisation phase, --fourier-scale data and --init layout take training images",
+            "--parameterisation phase, --fourier-scale data and --init-layout take training images",
         ),
         (
-            ("--init", "layout"),
-            "--parameterisation phase, --fourier-scale data and --init layout take training images",
+            ("--init-layout", "0.5"),
+            "--parameterisation phase, --fourier-scale data and --init-layout take training images",
         ),
         (("--classes", "dgo"), "unknown class 'dgo'"),
         (("--classes", "12"), "class index 12 is out of range"),

@@ -68,7 +68,7 @@ def _render_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-dir",
         help="CIFAR data_dir: the training-set spectrum for the spectral gap, and the training images whose "
-        "amplitude spectra --parameterisation phase keeps (--fourier-scale data averages them; --init layout starts from "
+        "amplitude spectra --parameterisation phase keeps (--fourier-scale data averages them; --init-layout starts from "
         "their coarse layouts).",
     )
     parser.add_argument(
@@ -287,7 +287,7 @@ def _phase_images(data_dir: str | None) -> Tensor:
     takes, or whose layouts a layout start does."""
     if data_dir is None:
         raise RenderError(
-            "--parameterisation phase, --fourier-scale data and --init layout take training images: pass "
+            "--parameterisation phase, --fourier-scale data and --init-layout take training images: pass "
             "--data-dir (the folder that holds cifar-10-batches-py), or keep the defaults."
         )
     return training_sample(_train_images(data_dir)).float().div(255)

@@ -59,11 +59,12 @@ class RenderConfig:
             the pictures were more recognisable and closer to the data's colours than at 1.0, at the same
             spectral gap (benchmarks/README.md, "A steeper spectral prior").
         init_std: standard deviation of the random start of the parameters.
-        init: the start of each image: ``"noise"`` (the random start alone, around the data's mean colour) or
-            ``"layout"`` (added to it, the coarse layout of a real image drawn with the seed: its mean colour and
-            colour regions, frequencies up to 2.25 cycles per image; :func:`render` then needs ``spectra``, real
-            images). Different photographs' layouts give each picture its own colours and ground; the
-            optimisation paints the target into them.
+        init_layout: share, in [0, 1], of a real image's coarse layout (its mean colour and colour regions:
+            frequencies up to 2.25 cycles per image, drawn with the seed) added to each image's random start; 0
+            starts from the random start alone, around the data's mean colour. Above 0, :func:`render` needs
+            ``spectra``, real images. Different photographs' layouts give each picture its own colours and
+            ground, and the optimisation paints the target into them; the larger the share, the more of the
+            layout stays (benchmarks/README.md, "A start from the data's layouts").
         augment: random per-image transforms at every step: True for
             :func:`~featvis.engine.transforms.default_transforms` sized for the image, False for none, or a list
             of :class:`~featvis.engine.transforms.Transform` objects.
@@ -102,7 +103,7 @@ class RenderConfig:
     decorrelate: bool = True
     decay: float = 1.25
     init_std: float = 0.01
-    init: Literal["noise", "layout"] = "noise"
+    init_layout: float = 0.0
     augment: bool | Sequence[Transform] = True
     diversity_layer: str | None = None
     diversity_weight: float = 2.0
@@ -126,7 +127,7 @@ class RenderConfig:
         check_bool("decorrelate", self.decorrelate)
         object.__setattr__(self, "decay", check_number("decay", self.decay, 0.0))
         object.__setattr__(self, "init_std", check_number("init_std", self.init_std, 0.0))
-        check_choice("init", self.init, ("noise", "layout"))
+        object.__setattr__(self, "init_layout", check_number("init_layout", self.init_layout, 0.0, 1.0))
         if not isinstance(self.augment, bool):
             if isinstance(self.augment, str) or not isinstance(self.augment, Sequence):
                 raise ValueError(
@@ -206,8 +207,8 @@ class RenderConfig:
             named.append("parameterisation='phase'")
         elif self.parameterisation == "fourier" and self.fourier_scale == "data":
             named.append("parameterisation='fourier' with fourier_scale='data'")
-        if self.init == "layout":
-            named.append("init='layout'")
+        if self.init_layout > 0:
+            named.append(f"init_layout={self.init_layout:g}")
         return " and ".join(named)
 
     @property

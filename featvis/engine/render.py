@@ -224,11 +224,11 @@ def render(
                 dtype=dtype,
                 channels=channels,
             )
-            # Drawn after the noise, so the noise is an "init: noise" render's; `spectra` was checked above.
-            if config.init == "layout" and spectra is not None:
+            # Drawn after the noise, so the noise is that of a render without layouts; `spectra` was checked above.
+            if config.init_layout > 0 and spectra is not None:
                 layouts = layout_images(spectra, squash, len(full), (height, width), generator)
                 with torch.no_grad():
-                    full.parameter.add_(full.encode(layouts))
+                    full.parameter.add_(full.encode(layouts * config.init_layout))
             if start is not None:
                 if tuple(start.shape) != tuple(full.parameter.shape):
                     raise ValueError(

@@ -5,7 +5,7 @@ so the scale decides how fast each frequency of each colour direction may change
 ``1 / f ** decay`` guess at natural images' fall-off, :func:`data_scale` the data's own mean spectrum. A
 phase-only image (:class:`~featvis.engine.param.PhaseImage`) fixes the amplitudes to real images' spectra
 (:func:`amplitude_spectra`) and optimises only the phase. :func:`layout_images` gives real images' coarse
-layouts, a render's start with ``init="layout"``. The image parameterisations themselves live in :mod:`featvis.engine.param`.
+layouts, part of a render's start with ``init_layout``. The image parameterisations themselves live in :mod:`featvis.engine.param`.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def layout_images(
 ) -> Tensor:
     """The coarse layouts of real images in a render's colour basis: each one's frequencies up to ``cycles``.
 
-    A render started from them (``RenderConfig(init="layout")``) begins each picture from a different
+    A render started from them (``RenderConfig(init_layout=...)``) begins each picture from a different
     photograph's mean colour and large colour regions (a sky above, grass below) instead of the data's mean
     grey, and the optimisation paints the target into it. The images are drawn and mapped into the basis as
     :func:`amplitude_spectra` does, with ``generator``.

@@ -380,7 +380,8 @@ def test_ablation_renders_every_variant_and_scores_it(bigger_cifar, ref_paths, t
         {"fourier_scale"},
         {"decay"},
         {"decay"},
-        {"init"},
+        {"init_layout"},
+        {"init_layout"},
     ]
     # The trade-off rows: phase-only pictures with the diversity term at growing weights, acting in every step,
     # then in the first half of the steps only.

@@ -316,6 +316,7 @@ def test_final_logits_give_the_target_probabilities() -> None:
         ({"augment": "yes"}, "augment must be True, False or a list of Transforms"),
         ({"diversity_kind": "style"}, "diversity_kind must be one of 'gram', 'features', got 'style'"),
         ({"fourier_scale": "1/f^2"}, "fourier_scale must be one of '1/f', 'data', got '1/f\\^2'"),
+        ({"init_layout": 1.5}, "init_layout must be"),
     ],
 )
 def test_bad_settings_raise_value_errors(settings: dict, message: str) -> None:
@@ -606,7 +607,7 @@ def test_a_layout_start_adds_a_real_images_layout_to_each_pictures_random_start(
     real = (ground + gradient).expand(6, 3, 16, 16).clamp(0, 1)
     settings = {**FAST, "steps": 0, "augment": False}
     noise = render(net, [0, 3], colour=colour, **settings)
-    layout = render(net, [0, 3], colour=colour, spectra=real, init="layout", **settings)
+    layout = render(net, [0, 3], colour=colour, spectra=real, init_layout=1.0, **settings)
     squash = ColourSquash(colour)
     added = squash.to_z(layout.rgb.flatten(0, 1)) - squash.to_z(noise.rgb.flatten(0, 1))
     # The same random start (drawn first), plus one real image's layout each, no two pictures the same image.
@@ -623,10 +624,10 @@ def test_a_layout_start_adds_a_real_images_layout_to_each_pictures_random_start(
     }
     assert spread["noise"] < 0.01 < 0.05 < spread["layout"], spread
     # The optimisation starts from there and raises the targets.
-    trained = render(net, [0, 3], colour=colour, spectra=real, init="layout", **{**settings, "steps": 30})
+    trained = render(net, [0, 3], colour=colour, spectra=real, init_layout=1.0, **{**settings, "steps": 30})
     assert (trained.values > layout.values + 0.3).all(), (layout.values, trained.values)
-    with pytest.raises(ValueError, match="init='layout' takes real images"):
-        render(net, 0, colour=colour, init="layout", **settings)
+    with pytest.raises(ValueError, match="init_layout=1 takes real images"):
+        render(net, 0, colour=colour, init_layout=1.0, **settings)
 
 
 def test_diversity_until_turns_the_term_off_after_its_fraction_of_the_steps() -> None:
