@@ -2,8 +2,8 @@
 
 An image is produced in three stages:
 
-1. An :class:`ImageParam` (:class:`FourierImage`, whose spectral scale :mod:`featvis.engine.spectrum`
-   gives, :class:`PhaseImage` or :class:`PixelImage`) holds the optimised leaf tensor and turns it into an image ``z``
+1. An :class:`ImageParam` (:class:`FourierImage`, scaled per frequency as :mod:`featvis.engine.spectrum`
+   says; :class:`PhaseImage`; or :class:`PixelImage`) holds the optimised leaf tensor and turns it into an image ``z``
    in a *decorrelated colour basis*, with the input space's channels:
    3 (RGB), or 1 for a grayscale model (then the basis is one-dimensional: the mean and spread of the grey level).
 2. :class:`~featvis.engine.squash.ColourSquash` maps ``z`` to colours in (0, 1): multiply by the colour correlation (the inverse of the
