@@ -125,21 +125,37 @@ def test_phase_render_keeps_training_images_spectra_from_the_data_dir(tmp_path, 
     assert contrast["fourier"] < 0.2 < 0.5 < contrast["phase"], contrast
 
 
+def _moved(tmp_path: Path, ckpt: Path) -> tuple[Path, Path]:
+    """A copy of ``ckpt`` whose saved ``data.data_dir`` names a folder that no longer exists."""
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    gone = tmp_path / "gone"
+    checkpoint["datamodule_hyper_parameters"]["data_dir"] = str(gone)
+    moved = tmp_path / "moved.ckpt"
+    torch.save(checkpoint, moved)
+    return moved, gone
+
+
+def test_training_images_come_from_the_runs_data_dir_without_the_flag(tmp_path, tiny_ckpt, capsys) -> None:
+    extra = ("--classes", "cat", "--images-per-class", "2", "--init-layout", "1")
+    code, flagged = _run(tmp_path, tiny_ckpt, "flag", *extra, "--data-dir", str(tiny_ckpt.parent / "data"))
+    assert code == 0
+    code = render_main(["--ckpt", str(tiny_ckpt), "--out", str(tmp_path / "saved"), "--steps", "3", *extra])
+    assert code == 0
+    assert f"training images from {tiny_ckpt.parent / 'data'}" in capsys.readouterr().err
+    for i in (0, 1):  # the same training images, so the same layouts and the same bytes
+        saved = (tmp_path / "saved" / "cat" / f"{i}.png").read_bytes()
+        assert saved == (flagged / "cat" / f"{i}.png").read_bytes()
+    # Where the run's folder has gone, the flag is asked for, naming the folder; nothing is written.
+    moved, gone = _moved(tmp_path, tiny_ckpt)
+    code, out = _run(tmp_path, moved, "moved", *extra)
+    err = capsys.readouterr().err
+    assert code == 2 and "pass --data-dir" in err and f"data.data_dir {gone} holds none" in err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (
-            ("--parameterisation", "phase"),
-            "--parameterisation phase, --fourier-scale data and --init-layout take training images",
-        ),
-        (
-            ("--fourier-scale", "data"),
-            "--parameterisation phase, --fourier-scale data and --init-layout take training images",
-        ),
-        (
-            ("--init-layout", "0.5"),
-            "--parameterisation phase, --fourier-scale data and --init-layout take training images",
-        ),
         (("--classes", "dgo"), "unknown class 'dgo'"),
         (("--classes", "12"), "class index 12 is out of range"),
         (("--layer", "net.nope", "--channel", "0"), "unknown layer"),
@@ -152,6 +168,19 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, tiny_ckpt, capsys, extra
     assert message in capsys.readouterr().err
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "extra", [("--parameterisation", "phase"), ("--fourier-scale", "data"), ("--init-layout", "0.5")]
+)
+def test_settings_that_take_training_images_exit_2_without_them(tmp_path, tiny_ckpt, capsys, extra) -> None:
+    moved, _ = _moved(tmp_path, tiny_ckpt)
+    code, out = _run(tmp_path, moved, "bad", *extra)
+    assert code == 2
+    assert "--parameterisation phase, --fourier-scale data and --init-layout take training images" in (
+        capsys.readouterr().err
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["moved.ckpt"]
 
 
 def test_bad_checkpoint_and_existing_output(tmp_path, tiny_ckpt, capsys) -> None:

@@ -3,7 +3,8 @@
 Any LightningModule checkpoint renders: a ``ClassifierModule`` by default, another class with ``--model-class``
 (loaded with its ``load_from_checkpoint``). When a ``FeatureVisCallback`` ran in the training, its checkpoint
 state supplies the input convention, the learned colour basis, the image size, the class names and the render
-settings, so the render matches the run's last epoch; flags override the settings.
+settings, so the render matches the run's last epoch; flags override the settings. Training images (for settings
+that take them, and the spectral gap) come from ``--data-dir``, else from the run's saved ``data.data_dir``.
 
 The settings are :class:`~featvis.engine.RenderConfig`'s, one flag each; targets come from
 :mod:`featvis.targets`, scores from :func:`featvis.quality.score_render`, and the folder is written by
@@ -69,7 +70,8 @@ def _render_parser() -> argparse.ArgumentParser:
         "--data-dir",
         help="CIFAR data_dir: the training-set spectrum for the spectral gap, and the training images whose "
         "amplitude spectra --parameterisation phase keeps (--fourier-scale data averages them; --init-layout starts from "
-        "their coarse layouts).",
+        "their coarse layouts); default: the run's data.data_dir saved in the checkpoint, where it still holds "
+        "cifar-10-batches-py.",
     )
     parser.add_argument(
         "--reference", nargs="+", help="ClassifierModule checkpoints of other models, for transfer accuracy."
@@ -116,17 +118,22 @@ def _import_class(path: str) -> type[pl.LightningModule]:
     return found
 
 
-def _callback_state(path: str) -> dict[str, Any]:
-    """The FeatureVisCallback state in a checkpoint (the first one, by prefix order); empty without one."""
+def _run_record(path: str) -> tuple[dict[str, Any], str | None]:
+    """The FeatureVisCallback state in a checkpoint (the first one, by prefix order; empty without one) and the
+    ``data_dir`` its datamodule was built with (None without one)."""
     import torch
 
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # loading the model itself already succeeded; only the callback state is optional
-        return {}
-    states = checkpoint.get("callbacks", {}) if isinstance(checkpoint, dict) else {}
+        return {}, None
+    if not isinstance(checkpoint, dict):
+        return {}, None
+    states = checkpoint.get("callbacks") or {}
     found = [value for key, value in sorted(states.items()) if str(key).startswith("FeatureVisCallback")]
-    return next((state for state in found if isinstance(state, dict)), {})
+    data_dir = (checkpoint.get("datamodule_hyper_parameters") or {}).get("data_dir")
+    state = next((state for state in found if isinstance(state, dict)), {})
+    return state, str(data_dir) if isinstance(data_dir, str | Path) else None
 
 
 def _run_colours(module: nn.Module, state: dict[str, Any]) -> tuple[InputSpace, ColourTransform | None]:
@@ -202,7 +209,7 @@ def render_main(argv: Sequence[str] | None = None) -> int:
         model_class = _import_class(args.model_class) if args.model_class else None
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         module = _load_checkpoint(args.ckpt, device, model_class)
-        state = _callback_state(args.ckpt)
+        state, run_data_dir = _run_record(args.ckpt)
         run = state.get("render") or {}
         # The run's own settings (as its callback rendered them) under the flags, so the render matches its last
         # epoch unless a flag says otherwise.
@@ -220,8 +227,9 @@ def render_main(argv: Sequence[str] | None = None) -> int:
             layer=args.layer,
             channels=args.channel if args.channel is not None or args.layer is None else [0],
         )
-        spectrum = _train_spectrum(args.data_dir, config.size) if args.metrics and args.data_dir else None
-        spectra = _phase_images(args.data_dir) if config.needs_spectra else None
+        data_dir = _data_dir(args.data_dir, run_data_dir, config.needs_spectra or args.metrics, args.quiet)
+        spectrum = _train_spectrum(data_dir, config.size) if args.metrics and data_dir else None
+        spectra = _phase_images(data_dir, run_data_dir) if config.needs_spectra else None
         references = {Path(p).stem: _load_checkpoint(p, device) for p in args.reference or []}
         if not args.quiet:
             count = f"{len(targets)} targets x {config.images_per_target} images"
@@ -282,13 +290,26 @@ def _train_spectrum(data_dir: str, size: tuple[int, int]) -> Tensor:
     return reference_spectrum(_train_images(data_dir), min(size))
 
 
-def _phase_images(data_dir: str | None) -> Tensor:
+def _data_dir(given: str | None, run: str | None, used: bool, quiet: bool) -> str | None:
+    """``--data-dir``, else the run's own ``data.data_dir`` (saved in the checkpoint) when it still holds the CIFAR
+    folder, so a run rendered with training images (``phase``, ``init_layout``) renders again without the flag."""
+    from featvis.cifar import CIFAR10_FOLDER
+
+    if given is not None or run is None or not (Path(run) / CIFAR10_FOLDER).is_dir():
+        return given
+    if used and not quiet:
+        print(f"featvis render: training images from {run} (the run's data.data_dir)", file=sys.stderr)
+    return run
+
+
+def _phase_images(data_dir: str | None, run_data_dir: str | None = None) -> Tensor:
     """Evenly spaced training images (RGB in [0, 1]) whose amplitude spectra a phase-only or data-scaled render
     takes, or whose layouts a layout start does."""
     if data_dir is None:
+        missing = f" (the run's data.data_dir {run_data_dir} holds none)" if run_data_dir else ""
         raise RenderError(
             "--parameterisation phase, --fourier-scale data and --init-layout take training images: pass "
-            "--data-dir (the folder that holds cifar-10-batches-py), or keep the defaults."
+            f"--data-dir (the folder that holds cifar-10-batches-py){missing}, or keep the defaults."
         )
     return training_sample(_train_images(data_dir)).float().div(255)
 
