@@ -39,7 +39,8 @@ a shared CPU, run it from the repository root under the CPU lock::
 It prints a Markdown table (transfer accuracy, spectral gap, plausibility, colour distance to real test images,
 within-class diversity in the visualised model's features and, relative to real images', in the references',
 robustness, render seconds); ``--json`` writes it. Without ``--refs`` transfer, plausibility and diversity vs real
-are not measured (nan); the other columns are.
+are not measured (nan); the other columns are. ``--sheet PATH`` also writes a picture sheet: per class, four real
+test images beside each rendered row's pictures.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from benchmarks import common
 from benchmarks.reference_models import cifar_folder
 from featvis.cifar import read_split
 from featvis.engine import RenderConfig, render
+from featvis.images import labelled_grid, save_png
 from featvis.model import load_classifier
 from featvis.quality import reference_spectrum
 
@@ -155,6 +157,7 @@ def run_ablation(
     log=print,
     spectra: Tensor | None = None,
     only: list[str] | None = None,
+    pictures: list[Tensor] | None = None,
 ) -> list[dict[str, Any]]:
     """Render and score every variant.
 
@@ -171,6 +174,8 @@ def run_ablation(
         log: receives one line per finished row; None is silent.
         spectra: training images (RGB in [0, 1]) whose amplitude spectra the phase-only rows keep.
         only: render only the rows whose name contains one of these (or, for ``"=NAME"``, is NAME); None: all.
+        pictures: if given, each row's pictures are appended to it, ``(targets, images_per_target, 3, H, W)``
+            rounded to 8 bits as scored.
 
     Returns:
         One dict per row: ``name``, ``settings``, ``seconds``, ``transfer``, ``transfer_per_model``,
@@ -189,8 +194,11 @@ def run_ablation(
             continue
         result = render(model, config=config.replace(**settings), spectra=spectra)
         classes = [target.index for target in result.targets]
+        rgb = quantise(result.rgb)
+        if pictures is not None:
+            pictures.append(rgb)
         scores = common.quality_scores(
-            quantise(result.rgb),
+            rgb,
             classes,
             references,
             (real_images, real_labels),
@@ -274,6 +282,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         help="RenderConfig settings for every row, e.g. lr=0.01 init_std=0.05 (YAML values)",
     )
     parser.add_argument("--json", help="write the rows here")
+    parser.add_argument(
+        "--sheet",
+        help="write a picture sheet (PNG): per class, four real test images, then each rendered row's pictures",
+    )
     args = parser.parse_args(argv)
 
     model = load_classifier(args.ckpt)
@@ -283,6 +295,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     pick = torch.randperm(train_images.shape[0], generator=torch.Generator().manual_seed(args.seed))
     spectra = train_images[pick[:SPECTRA_IMAGES]].float().div_(255)
     start = time.perf_counter()
+    pictures: list[Tensor] = []
     rows = run_ablation(
         model,
         references,
@@ -299,6 +312,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         args.k,
         spectra=spectra,
         only=args.only,
+        pictures=pictures,
     )
     print()
     names = ", ".join(name for name, _, _ in references) or "none"
@@ -312,7 +326,28 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     settings = {"steps": args.steps, "images_per_target": args.images_per_target, "seed": args.seed}
     settings |= settings_of(args.set)
     common.write_json({"ckpt": args.ckpt, **settings, "rows": rows}, args.json)
+    if args.sheet:
+        write_sheet(args.sheet, real_images, real_labels, pictures, rows, model.class_names)
     return rows
+
+
+def write_sheet(
+    path: str,
+    real_images: Tensor,
+    real_labels: Tensor,
+    pictures: list[Tensor],
+    rows: list[dict[str, Any]],
+    class_names: list[str],
+) -> None:
+    """A sheet of one class per line: four real test images, then each row's pictures (columns ``r1``, ``r2``, ...
+    in the order of ``rows``; the legend is printed)."""
+    count = len(class_names)
+    real = real_images[common.first_per_class(real_labels, 4)][:count]
+    tiles = torch.cat([real, *(images[:count] for images in pictures)], dim=1)
+    columns = [f"real {i + 1}" for i in range(real.shape[1])]
+    columns += [f"r{r + 1}.{i + 1}" for r, images in enumerate(pictures) for i in range(images.shape[1])]
+    save_png(labelled_grid(tiles, class_names, columns, scale=3), path)
+    print(f"wrote {path}: " + "; ".join(f"r{r + 1} = {row['name']}" for r, row in enumerate(rows)))
 
 
 if __name__ == "__main__":

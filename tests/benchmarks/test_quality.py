@@ -416,8 +416,23 @@ def test_ablation_renders_every_variant_and_scores_it(bigger_cifar, ref_paths, t
     assert "| defaults, the plain 1/f spectrum (decay 1) |" in printed
 
     # "=NAME" picks one row by its whole name, where a word would also pick the phase-only diversity rows.
-    (only,) = ablation.main([*args, "--only", "=+ diversity"])
+    sheet = tmp_path / "sheet.png"
+    (only,) = ablation.main([*args, "--only", "=+ diversity", "--sheet", str(sheet)])
     assert only["name"] == "+ diversity" and only["settings"] == rows[cumulative - 2]["settings"]
+    # The sheet: per class, four real test images, then the row's two pictures, each tile 3x its 32 px.
+    assert "r1 = + diversity" in capsys.readouterr().out
+    picture = load_png(sheet)
+    tile, pad = 96, 2
+    bare_height, bare_width = 10 * tile + 11 * pad, 6 * tile + 7 * pad
+    assert picture.shape[-2] > bare_height and picture.shape[-1] > bare_width  # the labels' margins
+    bare = picture[:, -bare_height:, -bare_width:]
+    real, labels, _ = common.real_test_set(bigger_cifar)
+    first_real = real[common.first_per_class(labels, 1)[0, 0]]  # the first real image of class 0
+    shown = bare[:, pad : pad + tile : 3, pad : pad + tile : 3]
+    assert torch.allclose(shown, first_real, atol=1 / 255 + 1e-6)
+    # Column 5 holds the row's first picture: not a real image, and different from the first column.
+    rendered = bare[:, pad : pad + tile : 3, pad + 4 * (tile + pad) :][:, :, :tile:3]
+    assert not torch.allclose(rendered, first_real, atol=0.05)
     assert rows[cumulative - 1]["settings"] == dict(only["settings"], diversity_kind="features")
 
 
