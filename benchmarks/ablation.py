@@ -185,7 +185,8 @@ def run_ablation(
         ``mean_value`` (final objective).
     """
     config = RenderConfig() if config is None else config
-    render(model, config=config.replace(steps=2))  # warm-up, so the first row's time is not the allocator's
+    # Warm-up, so the first row's time is not the allocator's; with the spectra, for a --set that takes them.
+    render(model, config=config.replace(steps=2), spectra=spectra)
     spectrum = reference_spectrum(real_images, real_images.shape[-1])
     cache: dict[str, Tensor] = {}
     rows = []

@@ -436,6 +436,16 @@ def test_ablation_renders_every_variant_and_scores_it(bigger_cifar, ref_paths, t
     assert rows[cumulative - 1]["settings"] == dict(only["settings"], diversity_kind="features")
 
 
+def test_ablation_set_may_take_training_images(bigger_cifar, tiny_ckpt, capsys):
+    # A shared setting that takes training images (the layout start) reaches every row, the warm-up included.
+    args = ["--ckpt", str(tiny_ckpt), "--data-dir", str(bigger_cifar), "--steps", "2", "--images-per-target", "2"]
+    only = ["--only", "=+ decorrelated colour (defaults)"]
+    (plain,) = ablation.main([*args, *only])
+    (layout,) = ablation.main([*args, *only, "--set", "init_layout=1"])
+    assert layout["colour_distance"] < plain["colour_distance"]  # each picture starts from a photograph's colours
+    assert "init_layout=1" in capsys.readouterr().out
+
+
 def test_ablation_set_reads_render_settings_and_refuses_unknown_keys():
     assert ablation.settings_of(["lr=0.01", "steps=256", "lr_schedule=constant"]) == {
         "lr": 0.01,
