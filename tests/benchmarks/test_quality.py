@@ -438,11 +438,22 @@ def test_ablation_renders_every_variant_and_scores_it(bigger_cifar, ref_paths, t
 
 def test_ablation_set_may_take_training_images(bigger_cifar, tiny_ckpt, capsys):
     # A shared setting that takes training images (the layout start) reaches every row, the warm-up included.
-    args = ["--ckpt", str(tiny_ckpt), "--data-dir", str(bigger_cifar), "--steps", "2", "--images-per-target", "2"]
+    args = [
+        "--ckpt",
+        str(tiny_ckpt),
+        "--data-dir",
+        str(bigger_cifar),
+        "--steps",
+        "2",
+        "--images-per-target",
+        "2",
+    ]
     only = ["--only", "=+ decorrelated colour (defaults)"]
     (plain,) = ablation.main([*args, *only])
     (layout,) = ablation.main([*args, *only, "--set", "init_layout=1"])
-    assert layout["colour_distance"] < plain["colour_distance"]  # each picture starts from a photograph's colours
+    assert (
+        layout["colour_distance"] < plain["colour_distance"]
+    )  # each picture starts from a photograph's colours
     assert "init_layout=1" in capsys.readouterr().out
 
 
