@@ -57,7 +57,6 @@ from benchmarks import common
 from benchmarks.reference_models import cifar_folder
 from featvis.cifar import read_split
 from featvis.engine import RenderConfig, render
-from featvis.images import labelled_grid, save_png
 from featvis.model import load_classifier
 from featvis.quality import reference_spectrum
 
@@ -328,27 +327,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     settings |= settings_of(args.set)
     common.write_json({"ckpt": args.ckpt, **settings, "rows": rows}, args.json)
     if args.sheet:
-        write_sheet(args.sheet, real_images, real_labels, pictures, rows, model.class_names)
+        groups = [(f"r{r + 1}.", images) for r, images in enumerate(pictures)]
+        common.picture_sheet(args.sheet, real_images, real_labels, groups, model.class_names)
+        print(f"wrote {args.sheet}: " + "; ".join(f"r{r + 1} = {row['name']}" for r, row in enumerate(rows)))
     return rows
-
-
-def write_sheet(
-    path: str,
-    real_images: Tensor,
-    real_labels: Tensor,
-    pictures: list[Tensor],
-    rows: list[dict[str, Any]],
-    class_names: list[str],
-) -> None:
-    """A sheet of one class per line: four real test images, then each row's pictures (columns ``r1``, ``r2``, ...
-    in the order of ``rows``; the legend is printed)."""
-    count = len(class_names)
-    real = real_images[common.first_per_class(real_labels, 4)][:count]
-    tiles = torch.cat([real, *(images[:count] for images in pictures)], dim=1)
-    columns = [f"real {i + 1}" for i in range(real.shape[1])]
-    columns += [f"r{r + 1}.{i + 1}" for r, images in enumerate(pictures) for i in range(images.shape[1])]
-    save_png(labelled_grid(tiles, class_names, columns, scale=3), path)
-    print(f"wrote {path}: " + "; ".join(f"r{r + 1} = {row['name']}" for r, row in enumerate(rows)))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ from benchmarks.ablation import SPECTRA_IMAGES, quantise
 from benchmarks.reference_models import cifar_folder
 from featvis.cifar import read_split
 from featvis.engine import RenderConfig, render
-from featvis.images import labelled_grid, save_png
 from featvis.model import load_classifier
 from featvis.quality import (
     RGBInput,
@@ -93,7 +92,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     model = load_classifier(args.ckpt).eval()
     real, labels, _ = common.real_test_set(args.data_dir)
-    shown = {0: real[common.first_per_class(labels, 4)]}  # column group -> (classes, 4, 3, H, W)
+    test_images = real  # the sheet's real images: the first four of each class
+    shown: list[Tensor] = []  # the sheet's rendered groups, each (classes, 4, 3, H, W)
     rgb_model = RGBInput(model.net, model.colour)
 
     def diversity(images: Tensor) -> float:  # (classes, K, 3, H, W), within each class
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             result = render(model, config=config, spectra=spectra)
             rgb = quantise(result.rgb.flatten(0, 1))
             if not settings or limit == default_limit:  # the defaults and the phase-only defaults
-                shown[len(shown)] = result.rgb
+                shown.append(result.rgb)
             classes = torch.tensor([t.index for t in result.targets]).repeat_interleave(
                 config.images_per_target
             )
@@ -156,9 +156,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print(markdown_table(rows))
     common.write_json({"ckpt": args.ckpt, "steps": args.steps, "seed": args.seed, "rows": rows}, args.json)
     if args.sheet:
-        tiles = torch.cat([shown[group][: len(model.class_names)] for group in sorted(shown)], dim=1)
-        columns = [f"{kind} {i + 1}" for kind in ("real", "1/f", "phase", "+div") for i in range(4)]
-        save_png(labelled_grid(tiles, model.class_names, columns, scale=3), args.sheet)
+        groups = list(zip(("1/f ", "phase ", "+div "), shown, strict=True))
+        common.picture_sheet(args.sheet, test_images, labels, groups, model.class_names)
         print(f"wrote {args.sheet}")
     return rows
 

@@ -30,6 +30,7 @@ from featvis.cifar import read_class_names, read_split
 from featvis.cli.fit import main as featvis_main
 from featvis.engine import RenderConfig, resolve_autocast
 from featvis.hidden import SheetConfig
+from featvis.images import labelled_grid, save_png
 from featvis.quality import RGBInput, score_render
 
 REPO = Path(__file__).resolve().parents[1]
@@ -222,6 +223,31 @@ def quality_scores(
         result["robustness"] = scores["robustness"]
         result["diversity"] = scores.get("diversity", float("nan"))
     return result
+
+
+def picture_sheet(
+    path: str | Path,
+    real_images: Tensor,
+    real_labels: Tensor,
+    groups: Sequence[tuple[str, Tensor]],
+    class_names: Sequence[str],
+) -> None:
+    """Write a picture sheet, one class per line: its first four real test images (columns ``real 1``-``real 4``),
+    then each group's pictures (columns ``<label>1``, ``<label>2``, ...), tiles at 3x.
+
+    Args:
+        path: the PNG to write.
+        real_images: real test images, RGB in [0, 1].
+        real_labels: their classes.
+        groups: ``(column label prefix, (classes, K, 3, H, W) pictures)`` in sheet order.
+        class_names: one name per line.
+    """
+    count = len(class_names)
+    real = real_images[first_per_class(real_labels, 4)][:count]
+    tiles = torch.cat([real, *(pictures[:count] for _, pictures in groups)], dim=1)
+    columns = [f"real {i + 1}" for i in range(real.shape[1])]
+    columns += [f"{label}{i + 1}" for label, pictures in groups for i in range(pictures.shape[1])]
+    save_png(labelled_grid(tiles, class_names, columns, scale=3), path)
 
 
 def first_per_class(labels: Tensor, count: int) -> Tensor:
