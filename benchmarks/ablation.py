@@ -1,16 +1,18 @@
 """Ablation of the render engine: what each ingredient of the method adds, measured in one run on one model.
 
-Renders every class of a featvis checkpoint with five cumulative settings and scores each set with the same
+Renders every class of a featvis checkpoint with six cumulative settings and scores each set with the same
 reference classifiers (``python -m benchmarks.quality train``) and the same real test images::
 
     1. pixel only          pixel parameterisation, RGB colours, no augmentation, no diversity
     2. + augmentations     the default random transforms inside the forward pass
     3. + Fourier           1/f-scaled Fourier parameterisation (``1 / f ** 1.25``, the default exponent)
-    4. + decorrelated      colours optimised in the data's decorrelated basis (= featvis's defaults)
-    5. + diversity         Gram-matrix diversity term on a hidden layer
+    4. + decorrelated      colours optimised in the data's decorrelated basis
+    5. + colour prior      the pictures' pooled pixel colours pulled towards the data's (``colour_weight``; =
+                           featvis's defaults)
+    6. + diversity         Gram-matrix diversity term on a hidden layer
        (feature repulsion) the same term on the layer's whole activation maps (``diversity_kind="features"``)
 
-and, beside row 4, the alternatives to featvis's defaults (``ALTERNATIVES``), each changing one setting of it:
+and, beside row 5, the alternatives to featvis's defaults (``ALTERNATIVES``), each changing one setting of it:
 
     phase-only spectra     each image keeps the amplitude spectrum of a real training image and only its phase
                            is optimised (``parameterisation="phase"``, as MACO does) instead of the 1/f prior
@@ -23,6 +25,7 @@ and, beside row 4, the alternatives to featvis's defaults (``ALTERNATIVES``), ea
     layouts                each picture starts from the coarse layout of a training image (its frequencies up
                            to 2.25 cycles per image), whole or at half strength, added to the random start
                            (``init_layout`` 1 and 0.5)
+    colour prior x2        the colour prior at twice the default weight
 
 and then phase-only pictures with the diversity term at ``DIVERSITY_SCALES`` times ``--diversity-weight`` (the
 trade-off between within-class diversity and recognisability), acting in all the steps and, again, in the first
@@ -62,17 +65,35 @@ from featvis.quality import reference_spectrum
 
 # (row label, the RenderConfig settings of the row); each row adds one ingredient to the previous.
 VARIANTS: list[tuple[str, dict[str, Any]]] = [
-    ("pixel only", {"parameterisation": "pixel", "decorrelate": False, "augment": False}),
-    ("+ augmentations", {"parameterisation": "pixel", "decorrelate": False, "augment": True}),
-    ("+ Fourier", {"parameterisation": "fourier", "decorrelate": False, "augment": True}),
     (
-        "+ decorrelated colour (defaults)",
-        {"parameterisation": "fourier", "decorrelate": True, "augment": True},
+        "pixel only",
+        {"parameterisation": "pixel", "decorrelate": False, "augment": False, "colour_weight": 0.0},
+    ),
+    (
+        "+ augmentations",
+        {"parameterisation": "pixel", "decorrelate": False, "augment": True, "colour_weight": 0.0},
+    ),
+    (
+        "+ Fourier",
+        {"parameterisation": "fourier", "decorrelate": False, "augment": True, "colour_weight": 0.0},
+    ),
+    (
+        "+ decorrelated colour",
+        {"parameterisation": "fourier", "decorrelate": True, "augment": True, "colour_weight": 0.0},
+    ),
+    (
+        "+ colour prior (defaults)",
+        {
+            "parameterisation": "fourier",
+            "decorrelate": True,
+            "augment": True,
+            "colour_weight": RenderConfig.colour_weight,
+        },
     ),
 ]
 
 
-# (row label, the one setting of featvis's defaults (row 4) that the row changes).
+# (row label, the one setting of featvis's defaults (row 5) that the row changes).
 ALTERNATIVES: list[tuple[str, dict[str, Any]]] = [
     ("defaults, phase-only spectra of training images", {"parameterisation": "phase"}),
     (
@@ -84,6 +105,7 @@ ALTERNATIVES: list[tuple[str, dict[str, Any]]] = [
     ("defaults, steeper spectrum 1/f^1.5", {"decay": 1.5}),
     ("defaults, started from training images' layouts", {"init_layout": 1.0}),
     ("defaults, started from half of training images' layouts", {"init_layout": 0.5}),
+    ("defaults, colour prior at twice the weight", {"colour_weight": 2 * RenderConfig.colour_weight}),
 ]
 #: Training images whose amplitude spectra the phase-only rows keep, or whose layouts the layout row starts from
 #: (drawn with the ablation's seed).
@@ -263,7 +285,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         help="reference models (.pt of benchmarks.quality train, or featvis .ckpt); none: no transfer, plausibility",
     )
     parser.add_argument("--data-dir", default="data", help="folder containing cifar-10-batches-py")
-    parser.add_argument("--diversity-layer", default="net.group2", help="layer of the diversity term (row 5)")
+    parser.add_argument("--diversity-layer", default="net.group2", help="layer of the diversity term (row 6)")
     parser.add_argument("--diversity-weight", type=float, default=RenderConfig.diversity_weight)
     parser.add_argument("--steps", type=int, default=RenderConfig.steps)
     parser.add_argument("--images-per-target", type=int, default=RenderConfig.images_per_target)

@@ -1,6 +1,7 @@
 """Why the class pictures come out grey: their contrast in each colour direction against real images'.
 
-Renders every class of a featvis checkpoint with featvis's defaults and with one change per row (the learning
+Renders every class of a featvis checkpoint with featvis's defaults, then without the colour prior
+(``colour_weight: 0``, the render whose grey this study explained) and with one more change per row (the learning
 rate, or the phase-only parameterisation with a given colour limit) and reports, beside real test images:
 
 - ``contrast``: the images' standard deviation in the data's whitened colour basis (the model's own input
@@ -49,12 +50,15 @@ from featvis.quality import (
     spectral_gap,
 )
 
-# (row label, RenderConfig settings, colour limit of the phase-only spectra or None).
-PHASE: dict[str, Any] = {"parameterisation": "phase"}
+# (row label, RenderConfig settings, colour limit of the phase-only spectra or None). The rows after the first
+# study the render without the colour prior, as it was when the study found why the pictures are grey.
+PLAIN: dict[str, Any] = {"colour_weight": 0.0}
+PHASE: dict[str, Any] = {"parameterisation": "phase", **PLAIN}
 ROWS: list[tuple[str, dict[str, Any], float | None]] = [
-    ("defaults (1/f Fourier, lr 0.005)", {}, None),
-    ("lr x2", {"lr": 0.01}, None),
-    ("lr x4", {"lr": 0.02}, None),
+    ("defaults (1/f Fourier, the colour prior)", {}, None),
+    ("no colour prior (the defaults before it)", PLAIN, None),
+    ("no colour prior, lr x2", {"lr": 2 * RenderConfig.lr, **PLAIN}, None),
+    ("no colour prior, lr x4", {"lr": 4 * RenderConfig.lr, **PLAIN}, None),
     ("phase-only, limit half an 8-bit level", PHASE, 0.5 / 255),
     ("phase-only, limit 0.05 (SPECTRA_LIMIT)", PHASE, 0.05),
     ("phase-only, limit 0.1", PHASE, 0.1),

@@ -2,7 +2,7 @@
 
 The hashes were taken from commit 37754b4 (before the redesign) with
 ``featvis render --ckpt tests/data/tiny_classifier.ckpt --out OUT --seed 7`` (the defaults were then
-``--decay 1.0 --steps 128 --lr 0.005``; the test passes them) on a CPU whose ``autocast: auto``
+``--decay 1.0 --steps 128 --lr 0.005`` and no colour prior; the test passes them) on a CPU whose ``autocast: auto``
 resolves to float32 (no fast bf16). A CPU with fast bf16 renders in bfloat16, whose rounding differs by design,
 so the comparison only applies where the render runs in float32.
 """
@@ -71,7 +71,7 @@ def test_render_writes_the_recorded_bytes(tmp_path: Path) -> None:
     out = tmp_path / "out"
     # The defaults of the time: 1/f, 128 steps at 0.005 (1/f^1.25, 96 steps at 0.0067 since issue 15).
     args = ["--ckpt", str(CKPT), "--out", str(out), "--seed", "7", "--quiet"]
-    args += ["--decay", "1.0", "--steps", "128", "--lr", "0.005"]
+    args += ["--decay", "1.0", "--steps", "128", "--lr", "0.005", "--colour-weight", "0"]
     assert render_main(args) == 0
     written = {
         p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*.png")

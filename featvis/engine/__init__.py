@@ -1,8 +1,8 @@
 """The featvis visualisation engine: render images that maximise what a classifier responds to.
 
 Pure PyTorch (no Lightning). ``render(model)`` optimises four images per class of any ``nn.Module`` classifier in
-one batch, with a 1/f-scaled Fourier parameterisation in the data's decorrelated colour basis and random
-per-image transforms sized for the image, and returns RGB images in [0, 1]::
+one batch, with a 1/f-scaled Fourier parameterisation in the data's decorrelated colour basis, random
+per-image transforms sized for the image and a prior towards the data's colours, and returns RGB images in [0, 1]::
 
     from featvis.engine import Channel, ClassLogit, RenderConfig, render
 

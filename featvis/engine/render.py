@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from featvis.colour import CallableColour, ColourTransform, InputConvention, InputSpace, grey_to_rgb
+from featvis.engine.colour_prior import ColourPrior
 from featvis.engine.config import RenderConfig, resolve_autocast
 from featvis.engine.hooks import LayerCapture, device_and_dtype, preserved_modes, resolve_layer
 from featvis.engine.objectives import (
@@ -170,6 +171,8 @@ def render(
     with torch.inference_mode(False), torch.enable_grad(), preserved_modes(model):
         squash = ColourSquash(colour, config.decorrelate, device, dtype, basis=basis)
         channels = squash.channels
+        use_prior = config.colour_weight > 0 and ColourPrior.describes_data(squash.basis)
+        prior = ColourPrior(squash.basis) if use_prior else None
         explicit = targets is not None
         objectives = _collect_targets(targets, class_names)
         layers = set().union(*(o.layers for o in objectives)) if objectives else set()
@@ -249,14 +252,21 @@ def render(
                 for group in optim.param_groups:
                     group["lr"] = lr * _lr_factor(config.lr_schedule, step, steps)
                 draws = pipeline.make_params(len(full), (height, width), generator)
-                for (begin, stop), param in zip(bounds, params, strict=True):
+                others = _other_chunks_colours(prior, params, squash)
+                for index, ((begin, stop), param) in enumerate(zip(bounds, params, strict=True)):
                     rows = slice(begin * images_per_target, stop * images_per_target)
                     rgb = squash.to_rgb(param.image())
+                    loss = torch.zeros((), device=device)
+                    if prior is not None:
+                        total, outer, own_pixels = prior.sums(rgb)
+                        total, outer = total + others[index][0], outer + others[index][1]
+                        pixels = own_pixels * len(full) // len(rgb)
+                        loss = config.colour_weight * len(full) * prior.distance(total, outer, pixels)
                     if len(pipeline):
                         rgb = pipeline.apply(rgb, slice_params(draws, rows))
                     acts = forward(squash.to_model(rgb), amp_dtype)
                     values = _evaluate(objectives[begin:stop], acts, images_per_target)
-                    loss = -values.sum()
+                    loss = loss - values.sum()
                     if diversity is not None and step < diverse_steps:
                         spread = _evaluate([diversity] * (stop - begin), acts, images_per_target)
                         loss = loss - spread.sum()
@@ -359,6 +369,25 @@ def _final(
             values.append(chunk_values.float())
             logits.append(acts.logits.float())
     return torch.cat(rgbs), torch.cat(inputs), torch.cat(values), torch.cat(logits)
+
+
+def _other_chunks_colours(
+    prior: ColourPrior | None, params: Sequence[ImageParam], squash: ColourSquash
+) -> list[tuple[Tensor, Tensor]]:
+    """For each chunk, the colour sums of all the other chunks' pictures, held fixed in its gradient.
+
+    The colour prior is a statistic of every picture's pixels, but a chunked render takes one chunk's gradient at a
+    time; with the rest held fixed, each chunk gets the pooled statistic's exact gradient. Empty without a prior.
+    """
+    if prior is None:
+        return []
+    if len(params) == 1:  # nothing else to hold fixed: spare the extra pass
+        return [(torch.zeros(()), torch.zeros(()))]
+    with torch.no_grad():
+        sums = [prior.sums(squash.to_rgb(param.image()))[:2] for param in params]
+    total = torch.stack([part[0] for part in sums]).sum(dim=0)
+    outer = torch.stack([part[1] for part in sums]).sum(dim=0)
+    return [(total - part[0], outer - part[1]) for part in sums]
 
 
 def _lr_factor(schedule: str, step: int, steps: int) -> float:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from featvis.engine.checks import check_int
+from featvis.engine.colour_prior import frechet_squared, psd_root
 from featvis.engine.hooks import device_and_dtype, preserved_modes
 
 #: Added to FFT amplitudes before the log, so empty (all-constant) images give a finite spectrum.
@@ -232,11 +233,7 @@ def colour_distance(rgb: Tensor, real: Tensor) -> float:
     """
     mean_a, cov_a = _colour_moments(rgb, "rgb")
     mean_b, cov_b = _colour_moments(real, "real")
-    # tr((S1 S2)^½) = tr((S1^½ S2 S1^½)^½): eigenvalues of a symmetric PSD matrix, stable for singular S (grey).
-    values, vectors = torch.linalg.eigh(cov_a)
-    root = vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
-    cross = torch.linalg.eigvalsh(root @ cov_b @ root).clamp(min=0).sqrt().sum()
-    squared = (mean_a - mean_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross
+    squared = frechet_squared(mean_b, cov_b, mean_a, psd_root(cov_a))
     return math.sqrt(max(float(squared), 0.0))
 
 

@@ -366,7 +366,7 @@ def test_ablation_renders_every_variant_and_scores_it(bigger_cifar, ref_paths, t
         return {key for key in keys if before["settings"].get(key) != after["settings"].get(key)}
 
     # Each cumulative row changes exactly one ingredient: the settings of consecutive rows differ in one key;
-    # each alternative changes one setting of the defaults (row 4).
+    # each alternative changes one setting of the defaults (row 5).
     cumulative = len(ablation.VARIANTS) + 2  # and the diversity term, as Gram matrices, then as features
     for before, after in zip(rows[:cumulative], rows[1:cumulative], strict=False):
         assert len(changed(before, after)) == 1 or changed(before, after) == {
@@ -374,7 +374,7 @@ def test_ablation_renders_every_variant_and_scores_it(bigger_cifar, ref_paths, t
             "diversity_weight",
         }
     alternatives = len(ablation.ALTERNATIVES)
-    assert [changed(rows[3], row) for row in rows[cumulative : cumulative + alternatives]] == [
+    assert [changed(rows[4], row) for row in rows[cumulative : cumulative + alternatives]] == [
         {"parameterisation"},
         {"parameterisation", "phase_spectrum"},
         {"fourier_scale"},
@@ -382,6 +382,7 @@ def test_ablation_renders_every_variant_and_scores_it(bigger_cifar, ref_paths, t
         {"decay"},
         {"init_layout"},
         {"init_layout"},
+        {"colour_weight"},
     ]
     # The trade-off rows: phase-only pictures with the diversity term at growing weights, acting in every step,
     # then in the first half of the steps only.
@@ -394,7 +395,7 @@ def test_ablation_renders_every_variant_and_scores_it(bigger_cifar, ref_paths, t
     assert untils == [until for until in ablation.DIVERSITY_UNTIL for _ in ablation.DIVERSITY_SCALES]
     for row, until in zip(trade, untils, strict=True):
         diverse = {"parameterisation", "diversity_layer", "diversity_weight"}
-        assert changed(rows[3], row) == diverse | ({"diversity_until"} if until < 1.0 else set())
+        assert changed(rows[4], row) == diverse | ({"diversity_until"} if until < 1.0 else set())
     assert "| phase-only + diversity term (weight 8, first 50% of the steps) |" in printed
     for row in rows:
         assert 0.0 <= row["transfer"] <= 1.0 and row["spectral_gap"] > 0 and row["seconds"] > 0
@@ -403,16 +404,18 @@ def test_ablation_renders_every_variant_and_scores_it(bigger_cifar, ref_paths, t
         assert row["diversity_vs_real"] > 0.0 and math.isfinite(row["diversity_vs_real"])
         assert set(row["transfer_per_model"]) == {"preact_resnet_seed0", "vgg_avg_seed1"}
         assert 0.0 < row["target_prob"] < 1.0
-    # The diversity term pushes a class's pictures apart in the references' features too.
-    assert trade[scales - 1]["diversity_vs_real"] > rows[cumulative]["diversity_vs_real"]
+    # The diversity term pushes a class's pictures apart: the phase-only pictures in the model's own features,
+    # the defaults' in the references' features too.
+    assert trade[scales - 1]["diversity"] > 2 * rows[cumulative]["diversity"]
+    assert rows[cumulative - 2]["diversity_vs_real"] > 1.5 * rows[4]["diversity_vs_real"]
     # The phase-only row keeps real images' amplitude spectra: its images differ from the 1/f defaults'.
-    assert rows[cumulative]["colour_distance"] != rows[3]["colour_distance"]
+    assert rows[cumulative]["colour_distance"] != rows[4]["colour_distance"]
     assert "| defaults, phase-only spectra of training images |" in printed
     # Fourier images have another spectrum than pixel images from the same start and steps.
     assert rows[2]["spectral_gap"] != rows[1]["spectral_gap"]
     # The data-scaled, the other exponents' and the layout-started Fourier rows differ from the defaults' pictures.
     scaled = rows[cumulative + 2 : cumulative + alternatives]
-    assert all(row["colour_distance"] != rows[3]["colour_distance"] for row in scaled)
+    assert all(row["colour_distance"] != rows[4]["colour_distance"] for row in scaled)
     assert "| defaults, the plain 1/f spectrum (decay 1) |" in printed
 
     # "=NAME" picks one row by its whole name, where a word would also pick the phase-only diversity rows.
@@ -448,7 +451,7 @@ def test_ablation_set_may_take_training_images(bigger_cifar, tiny_ckpt, capsys):
         "--images-per-target",
         "2",
     ]
-    only = ["--only", "=+ decorrelated colour (defaults)"]
+    only = ["--only", "=+ colour prior (defaults)"]
     (plain,) = ablation.main([*args, *only])
     (layout,) = ablation.main([*args, *only, "--set", "init_layout=1"])
     assert (
@@ -481,11 +484,14 @@ def test_colour_study_shows_the_phase_only_rows_contrast_is_the_real_images(
     rows = colour_study.main([*args, "--diversity-layer", "net.group1"])
     names = ["real test images", *(name for name, _, _ in colour_study.ROWS)]
     assert [row["name"] for row in rows] == [*names, "phase-only + diversity term (weight 5)"]
-    real, default = rows[0], rows[1]
+    real, prior, default = rows[0], rows[1], rows[2]
     phase = next(row for row in rows if "limit 0.05" in row["name"])
     # Two steps from the small random start: the 1/f images are nearly flat, while phase-only images carry real
     # images' amplitude spectra, so their contrast is of the real images' order.
     assert max(default["contrast"]) < 0.2 * min(real["contrast"])
+    # The colour prior (the defaults) pulls the pictures towards real images' colours from the first steps.
+    assert prior["colour_distance"] < default["colour_distance"]
+    assert min(prior["contrast"]) > max(default["contrast"])
     for ours, theirs in zip(phase["contrast"], real["contrast"], strict=True):
         assert 0.3 * theirs < ours < 3 * theirs
     assert phase["colour_distance"] < default["colour_distance"]

@@ -78,8 +78,8 @@ def test_learned_basis_changes_the_images_and_grey_stays_grey(run):
     assert torch.equal(grey[:, :, 0], grey[:, :, 1]) and torch.equal(grey[:, :, 0], grey[:, :, 2])
     assert float(grey.std()) > 0
     # Phase-only pictures keep training images' spectra: after one step from the small start they carry more
-    # than twice the contrast of the 1/f^1.25 ones in the same basis.
-    assert float(renders["c"].std(dim=(-2, -1)).mean()) > 2 * float(renders["b"].std(dim=(-2, -1)).mean())
+    # contrast than the 1/f^1.25 ones in the same basis (1.5x, where the colour prior also raises the latter's).
+    assert float(renders["c"].std(dim=(-2, -1)).mean()) > 1.5 * float(renders["b"].std(dim=(-2, -1)).mean())
     # The sheet: 4 groups of PER_CLASS tiles (96 px at scale 3) plus three blank columns, classes down.
     sheet = load_png(run["out"] / "reuse_sheet.png")
     tiles = 4 * PER_CLASS + 3

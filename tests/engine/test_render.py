@@ -32,6 +32,7 @@ from featvis.engine import (
 )
 from featvis.engine.spectrum import SPECTRA_LIMIT, fourier_frequencies
 from featvis.engine.squash import ColourSquash
+from featvis.quality.metrics import colour_distance
 
 # Tiny-model settings (the tuned defaults target the real CIFAR model): few steps, a larger learning rate.
 FAST = {
@@ -40,6 +41,7 @@ FAST = {
     "image_size": 16,
     "autocast": "none",
     "lr": 0.05,
+    "colour_weight": 0.0,  # weighed against a CIFAR model's logits; tests of the prior set their own
     "augment": [Pad(1), Jitter(1.0), Scale(0.9, 1.1), Rotate(5.0)],
 }
 
@@ -659,3 +661,29 @@ def test_diversity_until_turns_the_term_off_after_its_fraction_of_the_steps() ->
 def test_a_phase_render_without_real_images_names_the_fix() -> None:
     with pytest.raises(ValueError, match=r"parameterisation='phase' .* pass render\(\.\.\., spectra="):
         render(TinyNet(), colour=_colour(), **{**FAST, "parameterisation": "phase"})
+
+
+def test_a_colour_weight_pulls_the_pictures_colours_towards_the_datas_and_chunking_keeps_them() -> None:
+    net, colour = TinyNet(), _colour()
+    real = colour.to_rgb(torch.randn(200, 3, 16, 16, generator=torch.Generator().manual_seed(3))).clamp(0, 1)
+    settings = {**FAST, "steps": 30}
+    targets = [0, 1, 2, 3]
+    distances = {
+        weight: colour_distance(
+            render(net, targets, colour=colour, **{**settings, "colour_weight": weight}).rgb.flatten(0, 1),
+            real,
+        )
+        for weight in (0.0, 1.0, 10.0)
+    }
+    assert distances[10.0] < distances[1.0] < distances[0.0], distances
+    assert distances[10.0] < 0.75 * distances[0.0], distances
+    whole = render(net, targets, colour=colour, **{**settings, "colour_weight": 10.0})
+    chunked = render(net, targets, colour=colour, max_batch_size=2, **{**settings, "colour_weight": 10.0})
+    assert torch.allclose(whole.rgb, chunked.rgb, atol=1e-5)
+    # The targets still rise: the prior shares the objective, it does not replace it.
+    start = render(net, targets, colour=colour, **{**settings, "colour_weight": 10.0, "steps": 0})
+    assert (whole.values > start.values).all(), (start.values, whole.values)
+    # A basis that says nothing of the data's colours (the identity: mean 0) leaves the prior out.
+    plain = render(net, targets, colour=ColourTransform.identity(), **settings)
+    weighted = render(net, targets, colour=ColourTransform.identity(), **{**settings, "colour_weight": 10.0})
+    assert torch.equal(plain.rgb, weighted.rgb)
