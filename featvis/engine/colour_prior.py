@@ -12,6 +12,8 @@ picture, and which part of it, carries which colour.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -52,8 +54,8 @@ class ColourPrior:
     """The data's pixel-colour moments, and the distance of a render's pictures from them.
 
     The distance is of all the pictures' pixels pooled. A render that feeds its pictures to the model in chunks
-    takes each chunk's gradient with the other chunks' pixel sums held fixed (:meth:`sums` then
-    :meth:`distance`), which is the gradient of the pooled distance, so chunking does not change the pictures.
+    takes each chunk's gradient with the other chunks' pixel sums held fixed (:meth:`held_fixed`, :meth:`sums`,
+    then :meth:`distance`), which is the gradient of the pooled distance, so chunking does not change the pictures.
 
     Args:
         basis: the colour basis of the render (a whitening fitted to the training pixels, or a mean/std
@@ -83,6 +85,21 @@ class ColourPrior:
         """Colour sum ``(C,)``, sum of outer products ``(C, C)`` and pixel count of ``(N, C, H, W)`` colours."""
         pixels = rgb.to(self.dtype).transpose(0, 1).reshape(rgb.shape[1], -1)
         return pixels.sum(dim=1), pixels @ pixels.T, pixels.shape[1]
+
+    def held_fixed(self, chunks: Sequence[Tensor]) -> list[tuple[Tensor, Tensor]]:
+        """For each chunk of a render's pictures, the colour sums of all the other chunks, held fixed in its gradient.
+
+        The prior is a statistic of every picture's pixels, but a chunked render takes one chunk's gradient at a
+        time; adding these to the chunk's own :meth:`sums` gives the pooled sums, and each chunk the pooled
+        distance's exact gradient.
+
+        Args:
+            chunks: each chunk's pictures, ``(N_i, C, H, W)`` colours (computed without gradients).
+        """
+        sums = [self.sums(chunk)[:2] for chunk in chunks]
+        total = torch.stack([part[0] for part in sums]).sum(dim=0)
+        outer = torch.stack([part[1] for part in sums]).sum(dim=0)
+        return [(total - part[0], outer - part[1]) for part in sums]
 
     def distance(self, total: Tensor, outer: Tensor, count: int) -> Tensor:
         """Squared Fréchet distance of the pixels summarised by :meth:`sums` from the data's colours."""

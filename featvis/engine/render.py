@@ -252,16 +252,18 @@ def render(
                 for group in optim.param_groups:
                     group["lr"] = lr * _lr_factor(config.lr_schedule, step, steps)
                 draws = pipeline.make_params(len(full), (height, width), generator)
-                others = _other_chunks_colours(prior, params, squash)
+                if prior is not None:
+                    with torch.no_grad():
+                        others = prior.held_fixed([squash.to_rgb(param.image()) for param in params])
                 for index, ((begin, stop), param) in enumerate(zip(bounds, params, strict=True)):
                     rows = slice(begin * images_per_target, stop * images_per_target)
                     rgb = squash.to_rgb(param.image())
                     loss = torch.zeros((), device=device)
                     if prior is not None:
-                        total, outer, own_pixels = prior.sums(rgb)
-                        total, outer = total + others[index][0], outer + others[index][1]
-                        pixels = own_pixels * len(full) // len(rgb)
-                        loss = config.colour_weight * len(full) * prior.distance(total, outer, pixels)
+                        total, outer, _ = prior.sums(rgb)
+                        total, outer = total + others[index][0], outer + others[index][1]  # the pooled sums
+                        pixels = len(full) * height * width
+                        loss = loss + config.colour_weight * len(full) * prior.distance(total, outer, pixels)
                     if len(pipeline):
                         rgb = pipeline.apply(rgb, slice_params(draws, rows))
                     acts = forward(squash.to_model(rgb), amp_dtype)
@@ -369,25 +371,6 @@ def _final(
             values.append(chunk_values.float())
             logits.append(acts.logits.float())
     return torch.cat(rgbs), torch.cat(inputs), torch.cat(values), torch.cat(logits)
-
-
-def _other_chunks_colours(
-    prior: ColourPrior | None, params: Sequence[ImageParam], squash: ColourSquash
-) -> list[tuple[Tensor, Tensor]]:
-    """For each chunk, the colour sums of all the other chunks' pictures, held fixed in its gradient.
-
-    The colour prior is a statistic of every picture's pixels, but a chunked render takes one chunk's gradient at a
-    time; with the rest held fixed, each chunk gets the pooled statistic's exact gradient. Empty without a prior.
-    """
-    if prior is None:
-        return []
-    if len(params) == 1:  # nothing else to hold fixed: spare the extra pass
-        return [(torch.zeros(()), torch.zeros(()))]
-    with torch.no_grad():
-        sums = [prior.sums(squash.to_rgb(param.image()))[:2] for param in params]
-    total = torch.stack([part[0] for part in sums]).sum(dim=0)
-    outer = torch.stack([part[1] for part in sums]).sum(dim=0)
-    return [(total - part[0], outer - part[1]) for part in sums]
 
 
 def _lr_factor(schedule: str, step: int, steps: int) -> float:
