@@ -252,7 +252,10 @@ def render(
                 for group in optim.param_groups:
                     group["lr"] = lr * _lr_factor(config.lr_schedule, step, steps)
                 draws = pipeline.make_params(len(full), (height, width), generator)
-                if prior is not None:
+                # The other chunks' colour sums, held fixed in each chunk's gradient; one chunk has none to hold,
+                # so the default unchunked render spares the extra colour pass.
+                others: Sequence[tuple[Tensor | float, Tensor | float]] = [(0.0, 0.0)] * len(params)
+                if prior is not None and len(params) > 1:
                     with torch.no_grad():
                         others = prior.held_fixed([squash.to_rgb(param.image()) for param in params])
                 for index, ((begin, stop), param) in enumerate(zip(bounds, params, strict=True)):
