@@ -14,6 +14,9 @@ Three modes, run from the repository root::
     # Calibration: score real test images (and uniform noise) the same way.
     python -m benchmarks.quality score-real --refs runs/ref/*.pt --data-dir ../shared/cifar10
 
+    # The real test images' own trade-off: diversity of each class's k surest images against their probability.
+    python -m benchmarks.quality frontier --refs runs/ref/*.pt --data-dir ../shared/cifar10
+
 ``score`` reports, per reference model and averaged: transfer accuracy (fraction classified as the folder's
 class), plausibility (nearest-real-neighbour distance in the reference model's penultimate features, relative to
 real images; 1.0 for real images) and the spectral gap to the test set (0.02 for 40 real images, 1.0 for uniform
@@ -45,7 +48,7 @@ from benchmarks.common import (
 from benchmarks.reference_models import ARCHITECTURES, train_reference
 from featvis.engine import resolve_autocast
 from featvis.images import load_png, safe_name, write_image_folder
-from featvis.quality import reference_spectrum
+from featvis.quality import confidence_frontier, penultimate_features, reference_spectrum
 
 
 def load_png_folder(
@@ -268,6 +271,38 @@ def _cmd_score_real(args: argparse.Namespace) -> dict:
     return results
 
 
+def _cmd_frontier(args: argparse.Namespace) -> dict:
+    real_images, real_labels, _ = real_test_set(args.data_dir)
+    results = {}
+    for name, model, _ in load_references(args.refs):
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            probs = torch.cat(
+                [model(real_images[i : i + 500]).softmax(1) for i in range(0, real_images.shape[0], 500)]
+            )
+        model.train(was_training)
+        target = probs.gather(1, real_labels[:, None]).squeeze(1)
+        features = penultimate_features(model, real_images)
+        rows = confidence_frontier(features, target, real_labels, args.per_class)
+        accuracy = float((probs.argmax(1) == real_labels).float().mean())
+        results[name] = {"accuracy": accuracy, "rows": rows}
+        print(
+            f"{name} (test accuracy {accuracy:.3f}; mean target probability {float(target.mean()):.3f}, "
+            f"highest {float(target.max()):.3f}; {int((target >= 0.98).sum())} images at 0.98 or more)"
+        )
+        print("| surest images per class | mean target prob. | lowest target prob. | diversity vs real |")
+        print("| ---: | ---: | ---: | ---: |")
+        for row in rows:
+            print(
+                f"| {int(row['per_class'])} | {row['mean_target_prob']:.3f} | {row['min_target_prob']:.3f} "
+                f"| {row['diversity_vs_real']:.3f} |"
+            )
+        print()
+    write_json(results, args.json)
+    return results
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser("benchmarks.quality", __doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -286,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("score", "score a folder of PNG visualisations"),
         ("score-run", "score every epoch's PNGs of a FeatureVisCallback run"),
         ("score-real", "calibration"),
+        ("frontier", "real images' diversity against their target probability"),
     ):
         cmd = sub.add_parser(name, help=helptext)
         cmd.add_argument(
@@ -304,9 +340,17 @@ def build_parser() -> argparse.ArgumentParser:
             )
         elif name == "score-run":
             cmd.add_argument("--run", required=True, help="the run's log_dir (or its featvis/ folder)")
-        else:
+        elif name == "score-real":
             cmd.add_argument("--per-class", type=int, default=4, help="real test images per class")
             cmd.add_argument("--seed", type=int, default=0)
+        else:
+            cmd.add_argument(
+                "--per-class",
+                type=int,
+                nargs="+",
+                default=[4, 10, 50, 100, 300, 600],
+                help="how many of each class's surest images make each row",
+            )
     return parser
 
 
@@ -326,6 +370,7 @@ def main(argv: list[str] | None = None) -> dict:
         "score": _cmd_score,
         "score-run": _cmd_score_run,
         "score-real": _cmd_score_real,
+        "frontier": _cmd_frontier,
     }
     command = commands[args.command]
     result = command(args)

@@ -6,6 +6,7 @@ allow, and is what the callback, ``featvis render --metrics`` and the benchmarks
 """
 
 from featvis.quality.features import (
+    confidence_frontier,
     feature_diversity,
     penultimate_features,
     plausibility,
@@ -27,6 +28,7 @@ __all__ = [
     "RGBInput",
     "TransferAccuracy",
     "colour_distance",
+    "confidence_frontier",
     "feature_diversity",
     "penultimate_features",
     "plausibility",

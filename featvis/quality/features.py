@@ -7,6 +7,8 @@ Pure PyTorch (no Lightning), like :mod:`featvis.quality.metrics`:
   averaged over targets.
 * :func:`plausibility` -- in a reference model's penultimate features, the distance of each visualisation to its
   nearest real images of the same class, relative to the same distance among real images (1.0 for real images).
+* :func:`confidence_frontier` -- real images' own trade-off: the within-class diversity of each class's ``k``
+  images a model is surest of, relative to the whole class's, against their mean target probability.
 """
 
 from __future__ import annotations
@@ -137,6 +139,59 @@ def feature_diversity(features: Tensor, groups: Tensor | Sequence[int]) -> float
             "no group has two or more images, so there are no pairs to compare; pass >= 2 per target."
         )
     return sum(values) / len(values)
+
+
+def confidence_frontier(
+    features: Tensor,
+    target_probs: Tensor,
+    labels: Tensor | Sequence[int],
+    per_class: Sequence[int] = (4, 10, 50, 100, 300),
+) -> list[dict[str, float]]:
+    """How diverse the real images are that a model is as sure of as it is of a visualisation.
+
+    For each ``k`` in ``per_class``: the ``k`` images of every class with the highest probability of their own
+    class, their mean and lowest probability, and their :func:`feature_diversity` relative to that of every image
+    given. Pictures that a reader gives a target probability ``p`` and a diversity above this curve at ``p`` are
+    more diverse than the reader's own surest photographs.
+
+    Args:
+        features: ``(N, D)`` features of real images, e.g. :func:`penultimate_features` of the reader.
+        target_probs: ``(N,)`` the reader's probability of each image's own class.
+        labels: ``(N,)`` the class of each image.
+        per_class: the ``k`` values, each at least 2 and at most the smallest class's size.
+
+    Returns:
+        One row per ``k``: ``per_class``, ``mean_target_prob``, ``min_target_prob`` and ``diversity_vs_real``.
+    """
+    features = _check_features(features, "features")
+    labels = check_labels(labels, features.shape[0], "labels")
+    target_probs = target_probs.detach().cpu().flatten()
+    if target_probs.shape[0] != features.shape[0]:
+        raise ValueError(
+            f"target_probs has {target_probs.shape[0]} values for {features.shape[0]} images; pass one each."
+        )
+    classes = torch.unique(labels)
+    smallest = int(min((labels == c).sum() for c in classes))
+    baseline = feature_diversity(features, labels)
+    if baseline <= 1e-12:  # rounding leaves ~1e-16 for identical vectors
+        raise ValueError("every class's images have identical features, so no diversity is relative to them.")
+    rows = []
+    for k in per_class:
+        check_int("per_class", k, 2)
+        if k > smallest:
+            raise ValueError(f"per_class {k} exceeds the smallest class's {smallest} images; lower it.")
+        members = [torch.nonzero(labels == c).flatten() for c in classes]
+        chosen = torch.cat([idx[target_probs[idx].argsort(descending=True)[:k]] for idx in members])
+        probs = target_probs[chosen]
+        rows.append(
+            {
+                "per_class": float(k),
+                "mean_target_prob": float(probs.mean()),
+                "min_target_prob": float(probs.min()),
+                "diversity_vs_real": feature_diversity(features[chosen], labels[chosen]) / baseline,
+            }
+        )
+    return rows
 
 
 def _mean_knn_distance(

@@ -231,6 +231,34 @@ def test_cli_score_real_separates_real_images_from_noise(bigger_cifar, ref_paths
     assert real["uniform_noise"]["plausibility"]["mean"] > real["real"]["plausibility"]["mean"]
 
 
+def test_cli_frontier_ranks_each_class_by_the_references_own_probability(bigger_cifar, ref_paths, tmp_path):
+    folder = cifar_folder(bigger_cifar)
+    images, labels = read_split(folder, train=False)
+    smallest = int(torch.bincount(labels).min())
+    out = tmp_path / "frontier.json"
+    args = [
+        "frontier",
+        "--refs",
+        ref_paths[0],
+        "--data-dir",
+        str(bigger_cifar),
+        "--per-class",
+        "2",
+        str(smallest),
+    ]
+    result = quality.main([*args, "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    (entry,) = result.values()
+    model, _ = load_reference(ref_paths[0])
+    assert entry["accuracy"] == pytest.approx(evaluate(model, images, labels))
+    surest, every = entry["rows"]
+    assert (surest["per_class"], every["per_class"]) == (2, smallest)
+    # Each class's two surest images: at least as sure on average as the class's `smallest` surest.
+    assert surest["mean_target_prob"] >= every["mean_target_prob"]
+    assert surest["min_target_prob"] >= every["min_target_prob"]
+    assert surest["diversity_vs_real"] >= 0.0 and 0.5 < every["diversity_vs_real"] < 1.5
+
+
 def test_cli_score_with_ckpt_measures_diversity_within_each_class(
     bigger_cifar, ref_paths, tiny_ckpt, tmp_path
 ):

@@ -11,6 +11,7 @@ from torch import nn
 
 from featvis.networks import SpeedNet
 from featvis.quality.features import (
+    confidence_frontier,
     feature_diversity,
     penultimate_features,
     plausibility,
@@ -135,3 +136,33 @@ def test_plausibility_rejects_too_few_real_images_and_mismatched_features():
         plausibility_from_features(features, labels, features, labels, k=10)
     with pytest.raises(ValueError, match="dimensions"):
         plausibility_from_features(features[:, :3], labels, features, labels, k=2)
+
+
+# ------------------------------------------------------------------------------------ confidence frontier
+
+
+def test_confidence_frontier_takes_each_class_surest_images():
+    # Class 0: the two surest images share one direction, the two least sure point elsewhere; class 1 likewise.
+    features = torch.tensor([[1.0, 0.0, 0.0], [2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]] * 2)
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    probs = torch.tensor([0.9, 0.8, 0.3, 0.2, 0.95, 0.7, 0.4, 0.1])
+    two, four = confidence_frontier(features, probs, labels, per_class=(2, 4))
+    assert two["per_class"] == 2 and four["per_class"] == 4
+    assert two["mean_target_prob"] == pytest.approx((0.9 + 0.8 + 0.95 + 0.7) / 4)
+    assert two["min_target_prob"] == pytest.approx(0.7)
+    assert two["diversity_vs_real"] == pytest.approx(0.0, abs=1e-12)  # the surest pairs are parallel
+    assert four["diversity_vs_real"] == pytest.approx(1.0)  # every image of every class
+    # Reversing the probabilities picks the orthogonal pairs: distance 1 against the class's mean 5/6.
+    (flipped,) = confidence_frontier(features, 1 - probs, labels, per_class=(2,))
+    assert flipped["diversity_vs_real"] == pytest.approx(1.0 / (5 / 6))
+    assert flipped["min_target_prob"] == pytest.approx(0.6)
+
+
+def test_confidence_frontier_rejects_bad_input():
+    features, labels = torch.eye(4), torch.tensor([0, 0, 1, 1])
+    with pytest.raises(ValueError, match="per_class 3 exceeds"):
+        confidence_frontier(features, torch.ones(4), labels, per_class=(3,))
+    with pytest.raises(ValueError, match="target_probs has 3 values"):
+        confidence_frontier(features, torch.ones(3), labels)
+    with pytest.raises(ValueError, match="identical features"):
+        confidence_frontier(torch.ones(4, 2), torch.ones(4), labels, per_class=(2,))
