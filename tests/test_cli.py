@@ -342,7 +342,9 @@ def test_featvis_arguments_reach_the_callback(tmp_path: Path) -> None:
     )
     callbacks = [c for c in cli.trainer.callbacks if isinstance(c, FeatureVisCallback)]
     assert len(callbacks) == 1
-    assert callbacks[0].config == RenderConfig(steps=3, lr=0.01)
+    # The default config's diversity term, the extra file's lr and the command line's steps, all merged.
+    expected = RenderConfig(steps=3, lr=0.01, diversity_layer="net.group2", diversity_weight=4.0)
+    assert callbacks[0].config == expected
     assert callbacks[0].every_n_epochs == 2
 
 
@@ -467,10 +469,16 @@ def test_overlay_configs_change_only_what_they_name(
     assert [c["class_path"] for c in merged["trainer"]["callbacks"]] == [
         c["class_path"] for c in default["trainer"]["callbacks"]
     ]
-    # The callback keeps the default config's settings: its own defaults (config None = RenderConfig()) plus
-    # channel sheets at SheetConfig's defaults.
-    assert default["featvis"] == {"sheets": {}} and "featvis" not in layer
-    assert merged["featvis"]["config"] is None and merged["featvis"]["every_n_epochs"] == 1
+    # The callback keeps the default config's settings: its own defaults plus channel sheets at SheetConfig's
+    # defaults and the diversity term, whose layer only the small CNN's overlay renames (its net has no group2).
+    assert default["featvis"]["sheets"] == {} and merged["featvis"]["every_n_epochs"] == 1
+    diversity = dict(default["featvis"]["config"], **layer.get("featvis", {}).get("config", {}))
+    assert diversity["diversity_layer"] == ("net.relu3" if "small_cnn" in overlay else "net.group2")
+    for key, value in diversity.items():
+        assert merged["featvis"]["config"][key] == value, key
+    assert (
+        merged["featvis"]["config"]["colour_weight"] == RenderConfig.colour_weight
+    )  # not named: the default
     assert merged["featvis"]["sheets"]["layers"] == "auto" and merged["featvis"]["sheets"]["k"] == 16
     for section in ("model", "data"):
         for key, value in default[section].items():

@@ -21,7 +21,7 @@ from featvis.engine import (
     render,
     resolve_layer,
 )
-from featvis.engine.objectives import gram_matrices
+from featvis.engine.objectives import gram_cosines, gram_matrices
 
 
 def _acts(seed: int = 0) -> Activations:
@@ -173,3 +173,21 @@ def test_as_objective_accepts_class_indices_only() -> None:
         as_objective("cat")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         as_objective(True)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("channels", "side"), [(48, 3), (6, 5)])  # positions x images below / above channels
+def test_gram_cosines_equal_the_normalised_gram_matrices_either_way(channels: int, side: int) -> None:
+    acts = torch.randn(4, channels, side, side, generator=torch.Generator().manual_seed(3)).relu()
+    acts[2] = 0.0  # a silent image: similarity 0 to every image, itself included
+    grams = gram_matrices(acts).reshape(4, -1)
+    unit = torch.nn.functional.normalize(grams, dim=1)
+    expected = unit @ unit.T
+    got = gram_cosines(acts)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert torch.equal(got[2], torch.zeros(4)) and got[0, 0] == pytest.approx(1.0, abs=1e-6)
+    # The gradients agree too: the render differentiates through the similarities.
+    leaf = acts.clone().requires_grad_(True)
+    (grad_got,) = torch.autograd.grad(gram_cosines(leaf).sum(), leaf)
+    leaf_unit = torch.nn.functional.normalize(gram_matrices(leaf).reshape(4, -1), dim=1)
+    (grad_expected,) = torch.autograd.grad((leaf_unit @ leaf_unit.T).sum(), leaf)
+    assert torch.allclose(grad_got, grad_expected, atol=1e-5, rtol=1e-4)
