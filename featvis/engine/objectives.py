@@ -306,7 +306,7 @@ def gram_cosines(activations: Tensor) -> Tensor:
         products = cross.square().sum(dim=(1, 3))
         norms = products.diagonal().clamp_min(1e-24).sqrt()  # clamped first: no NaN gradient at 0
         return products / norms[:, None] / norms[None, :]
-    unit = F.normalize((flat @ flat.transpose(1, 2)).reshape(count, -1), dim=1)
+    unit = F.normalize(gram_matrices(activations).reshape(count, -1), dim=1)
     return unit @ unit.T
 
 
