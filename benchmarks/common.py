@@ -382,7 +382,8 @@ def run_featvis_fit(data_dir: str | Path, log_dir: str | Path, extra: Sequence[s
         raise FileNotFoundError(f"{data_dir} holds no cifar-10-batches-py folder; pass --data <data_dir>.")
     args = ["fit", "--config", str(CONFIG), "--data.data_dir", str(data_dir), "--data.download", "false"]
     args += ["--trainer.logger.init_args.save_dir", str(log_dir)]
-    args += ["--trainer.callbacks+=benchmarks.common.FitTimer", *extra]
+    # The timer goes last: a --config in ``extra`` that sets trainer.callbacks replaces the list, and would drop it.
+    args += [*extra, "--trainer.callbacks+=benchmarks.common.FitTimer"]
     start = time.perf_counter()
     with mock.patch.object(
         sys, "argv", sys.argv[:1]

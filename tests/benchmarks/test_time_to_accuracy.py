@@ -92,14 +92,22 @@ def test_featvis_smoke_run_fills_the_table(
     cifar_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "result.json"
+    # A config of the user's that replaces trainer.callbacks (here: keep every epoch's checkpoint) must not drop
+    # the benchmark's own timer.
+    keep = tmp_path / "keepall.yaml"
+    keep.write_text(
+        "trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+        "      init_args:\n        filename: 'kept{epoch}'\n        save_top_k: -1\n"
+    )
     result = tta.main(
         [
             "--data", str(cifar_dir), "--skip-anchor", "--epochs", "1", "--max-train-batches", "2",
             "--widths", "8", "16", "16", "--peak-size", "16", "64", "16", "--peak-seconds", "0.2",
-            "--fit-args", f"--data.batch_size 20 --data.eval_batch_size 10 {SMOKE_FIT}",
+            "--fit-args", f"--config {keep} --data.batch_size 20 --data.eval_batch_size 10 {SMOKE_FIT}",
             "--log-dir", str(tmp_path / "logs"), "--json", str(out),
         ]
     )  # fmt: skip
+    assert [path.name for path in (tmp_path / "logs").rglob("kept*.ckpt")] == ["keptepoch=0.ckpt"]
     ours = result["featvis"]
     assert ours["epochs"] == 1 and ours["steps"] == [2] and ours["images"] == [40]
     assert ours["accuracy_name"] == "val/acc_1view" and len(ours["accuracy"]) == 1
