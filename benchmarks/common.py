@@ -380,10 +380,15 @@ def run_featvis_fit(data_dir: str | Path, log_dir: str | Path, extra: Sequence[s
     """
     if not (Path(data_dir) / "cifar-10-batches-py").is_dir():
         raise FileNotFoundError(f"{data_dir} holds no cifar-10-batches-py folder; pass --data <data_dir>.")
-    args = ["fit", "--config", str(CONFIG), "--data.data_dir", str(data_dir), "--data.download", "false"]
-    args += ["--trainer.logger.init_args.save_dir", str(log_dir)]
-    # The timer goes last: a --config in ``extra`` that sets trainer.callbacks replaces the list, and would drop it.
-    args += [*extra, "--trainer.callbacks+=benchmarks.common.FitTimer"]
+    # The benchmark's own settings go after ``extra``: a --config there that sets trainer.logger or
+    # trainer.callbacks (the speed-run overlay sets the logger) would otherwise replace the log dir or drop the timer.
+    args = ["fit", "--config", str(CONFIG), *extra]
+    args += ["--data.data_dir", str(data_dir), "--data.download", "false"]
+    args += [
+        "--trainer.logger.init_args.save_dir",
+        str(log_dir),
+        "--trainer.callbacks+=benchmarks.common.FitTimer",
+    ]
     start = time.perf_counter()
     with mock.patch.object(
         sys, "argv", sys.argv[:1]
