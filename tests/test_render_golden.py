@@ -69,7 +69,8 @@ def test_render_writes_the_recorded_bytes(tmp_path: Path) -> None:
     if resolve_autocast("auto", torch.device("cpu"), torch.float32) is not None:
         pytest.skip("this CPU renders in bfloat16 under autocast 'auto'; the hashes are float32 renders")
     out = tmp_path / "out"
-    # The defaults of the time: 1/f, 128 steps at 0.005 (1/f^1.25, 96 steps at 0.0067 since issue 15).
+    # The defaults of the time: 1/f, 128 steps at 0.005 (1/f^1.25, 96 steps at 0.0067 since issue 15, and 80
+    # steps at 0.008 since the tenth session).
     args = ["--ckpt", str(CKPT), "--out", str(out), "--seed", "7", "--quiet"]
     args += ["--decay", "1.0", "--steps", "128", "--lr", "0.005", "--colour-weight", "0"]
     assert render_main(args) == 0

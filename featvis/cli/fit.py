@@ -26,6 +26,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.trainer import Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
+from featvis.allocator import keep_freed_memory_unless_disabled
 from featvis.callback import FeatureVisCallback
 from featvis.data import CIFARDataModule
 from featvis.engine import RenderConfig, resolve_autocast
@@ -113,6 +114,7 @@ def main(args: Sequence[str] | None = None) -> FeatvisCLI | None:
             ``featvis <subcommand>: error: <what is wrong and the fix>`` to stderr (jsonargparse's own parse
             errors also exit with 2).
     """
+    keep_freed_memory_unless_disabled()  # about 1.2x the CPU training steps per second (featvis.allocator)
     return FeatvisCLI(
         ClassifierModule,
         CIFARDataModule,

@@ -26,6 +26,7 @@ from typing import Any
 import lightning.pytorch as pl
 from torch import Tensor, nn
 
+from featvis.allocator import keep_freed_memory_unless_disabled
 from featvis.basis import LearnedBasis
 from featvis.checkpoints import CheckpointError, load_module
 from featvis.colour import ColourTransform, InputConvention, InputSpace
@@ -196,6 +197,7 @@ def render_main(argv: Sequence[str] | None = None) -> int:
     from featvis.images import grid, save_png, write_image_folder
 
     args = _render_parser().parse_args(sys.argv[2:] if argv is None else list(argv))
+    keep_freed_memory_unless_disabled()  # a render's steps reuse their freed memory (featvis.allocator)
     out = Path(args.out)
     # The inputs live on even when --out is a folder featvis wrote: never replace a folder that holds them.
     protect = [Path(args.ckpt), *(Path(path) for path in args.reference or [])]

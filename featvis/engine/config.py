@@ -85,9 +85,10 @@ class RenderConfig:
             scaling). 5 brought the converged default model's pictures from a colour distance of 0.168 to real
             images to 0.090 (the bar is 0.10) at a cost of 0.005 in a strong reader's target probability, a
             quarter of what a layout start paid for the same colours (benchmarks/README.md, "The colour prior").
-        steps: optimisation steps per render. 96 at a learning rate of 0.0067 gave the pictures of 128 steps at
-            0.005 (the defaults until issue 15) in three quarters of the time, keeping the class render under 5% of
-            a training epoch of the default model.
+        steps: optimisation steps per render. The pictures depend mostly on ``steps * lr``: 80 at 0.008 (since the
+            tenth session; 96 at 0.0067 before, 128 at 0.005 until issue 15) gave, over six render seeds, the same
+            recognisability and diversity as 96 at 0.0067 in 0.82 of the time, keeping the class render under 5%
+            of a CPU training epoch of the default model (benchmarks/README.md, "80 steps").
         lr: learning rate of the image parameters (the peak, with the cosine schedule).
         lr_schedule: ``"cosine"`` lowers the learning rate from ``lr`` to ``lr / 10`` over the steps along a half
             cosine (the last steps refine instead of adding noise); ``"constant"`` keeps it.
@@ -117,8 +118,8 @@ class RenderConfig:
     diversity_kind: DiversityKind = "gram"
     diversity_until: float = 1.0
     colour_weight: float = 5.0
-    steps: int = 96
-    lr: float = 0.0067
+    steps: int = 80
+    lr: float = 0.008
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     optimizer: Literal["adam"] | OptimizerFactory = "adam"
     seed: int = 0

@@ -273,7 +273,7 @@ def render(
                     values = _evaluate(objectives[begin:stop], acts, images_per_target)
                     loss = loss - values.sum()
                     if diversity is not None and step < diverse_steps:
-                        spread = _evaluate([diversity] * (stop - begin), acts, images_per_target)
+                        spread = diversity.grouped(acts, stop - begin)
                         loss = loss - spread.sum()
                     (grad,) = torch.autograd.grad(loss, param.parameter)
                     _check_finite(values, grad, objectives[begin:stop], images_per_target, step)

@@ -191,3 +191,36 @@ def test_gram_cosines_equal_the_normalised_gram_matrices_either_way(channels: in
     leaf_unit = torch.nn.functional.normalize(gram_matrices(leaf).reshape(4, -1), dim=1)
     (grad_expected,) = torch.autograd.grad((leaf_unit @ leaf_unit.T).sum(), leaf)
     assert torch.allclose(grad_got, grad_expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["gram", "features"])
+@pytest.mark.parametrize(("channels", "side"), [(48, 3), (6, 5)])  # both ways of gram_cosines
+def test_diversity_of_groups_in_one_pass_equals_one_group_at_a_time(
+    kind: str, channels: int, side: int
+) -> None:
+    acts = torch.randn(12, channels, side, side, generator=torch.Generator().manual_seed(5)).relu()
+    diversity = Diversity("layer", 1.5, kind=kind)  # type: ignore[arg-type]
+    leaf = acts.clone().requires_grad_(True)
+    grouped = diversity.grouped(Activations(torch.zeros(12, 2), {"layer": leaf}), 3)
+    one_at_a_time = torch.stack(
+        [diversity(Activations(torch.zeros(4, 2), {"layer": leaf[4 * g : 4 * g + 4]})) for g in range(3)]
+    )
+    assert grouped.shape == (3, 4)
+    assert torch.allclose(grouped, one_at_a_time, atol=1e-6)
+    weights = torch.randn(3, 4, generator=torch.Generator().manual_seed(6))
+    (got,) = torch.autograd.grad((grouped * weights).sum(), leaf)
+    (expected,) = torch.autograd.grad((one_at_a_time * weights).sum(), leaf)
+    assert torch.allclose(got, expected, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="12 images do not split into 5 equal groups"):
+        diversity.grouped(Activations(torch.zeros(12, 2), {"layer": acts}), 5)
+
+
+def test_diversity_gradient_keeps_a_channels_last_map_channels_last() -> None:
+    # A contiguous gradient meeting the channels-last one of the layers above makes the CPU's elementwise
+    # backward kernels (GELU, the gradient sum) several times slower; the term's gradient keeps the map's layout.
+    acts = torch.randn(8, 16, 7, 7, generator=torch.Generator().manual_seed(7))
+    leaf = acts.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    (grad,) = torch.autograd.grad(
+        Diversity("layer").grouped(Activations(torch.zeros(8, 2), {"layer": leaf}), 2).sum(), leaf
+    )
+    assert grad.is_contiguous(memory_format=torch.channels_last) and not grad.is_contiguous()
