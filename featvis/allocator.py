@@ -5,7 +5,7 @@ PyTorch's CPU allocator takes every tensor from ``malloc``. glibc serves blocks 
 step is a new mapping whose pages fault in one by one, each zeroed by the kernel. A 10-epoch CIFAR-10 fit of the
 default net at batch 1000 faults about 400,000 pages per step that way. With mmap off for the heap and no trimming,
 freed blocks are reused as they are: no faults after the first steps, about 1.2x the training steps per second at
-some 13% more resident memory (``benchmarks/allocator.py``; a CUDA process's host allocations are small, so it
+some 12% more resident memory (``benchmarks/allocator.py``; a CUDA process's host allocations are small, so it
 changes nothing there).
 
 It is a process-wide setting, so the library never applies it on import: the ``featvis`` command line does, for
