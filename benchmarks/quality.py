@@ -9,7 +9,9 @@ Three modes, run from the repository root::
     python -m benchmarks.quality score --pngs DIR --refs runs/ref/*.pt --data-dir ../shared/cifar10
 
     # Score every epoch of a training run: the PNGs FeatureVisCallback wrote, <log_dir>/featvis/epoch_<NNN>/.
-    python -m benchmarks.quality score-run --run <log_dir> --refs runs/ref/*.pt --data-dir ../shared/cifar10
+    # With several --run folders (the epochs rendered again with other seeds): the mean per epoch, and the last
+    # epoch against the best one, with the best chosen on half the seeds and scored on the other half.
+    python -m benchmarks.quality score-run --run <log_dir> [<seed dir> ...] --refs runs/ref/*.pt --data-dir ../shared/cifar10
 
     # Calibration: score real test images (and uniform noise) the same way.
     python -m benchmarks.quality score-real --refs runs/ref/*.pt --data-dir ../shared/cifar10
@@ -203,43 +205,152 @@ def _cmd_score(args: argparse.Namespace) -> dict:
     return result
 
 
-def _cmd_score_run(args: argparse.Namespace) -> dict:
-    root = Path(args.run)
-    folder = root / "featvis" if (root / "featvis").is_dir() else root
+#: The measures on which issue 15 asks the last epoch to match the run's best one, and which way is better.
+EPOCH_MEASURES = {"target_prob": "higher", "spectral_gap": "lower", "plausibility": "lower"}
+
+
+def _measure(scores: dict, name: str) -> float:
+    value = scores[name]
+    return float(value["mean"] if isinstance(value, dict) else value)
+
+
+def last_against_best(runs: list[dict[str, dict]]) -> dict[str, dict[str, float | str]]:
+    """Whether the last epoch's pictures are as good as the run's best epoch's, over several render seeds.
+
+    The best of many epochs, each scored on a few seeds, is biased towards a lucky draw, so beside the plain
+    comparison (best epoch and its mean over all seeds) the best epoch is also chosen on one half of the seeds and
+    scored on the other half, both ways round: that held-out difference is what the chosen epoch really leads by.
+
+    Args:
+        runs: one dict per render seed, ``{"epoch_NNN": scores}`` as :func:`_cmd_score_run` returns for one run;
+            every run has the same epochs (epoch 0, before training, is left out of the choice).
+
+    Returns:
+        Per measure of :data:`EPOCH_MEASURES`: ``last`` (mean over seeds), ``best_epoch``, ``best`` (its mean),
+        ``lead`` (how much better the best epoch's mean is, >= 0), ``lead_se`` (standard error of that
+        difference), ``held_out_lead`` (the split-half lead; noise gives about 0) and ``better`` (the direction).
+    """
+    epochs = sorted(name for name in runs[0] if name != "epoch_000")
+    out: dict[str, dict[str, float | str]] = {}
+    for measure, better in EPOCH_MEASURES.items():
+        sign = 1.0 if better == "higher" else -1.0
+        # (seeds, epochs) with higher = better, so that one formula serves both directions.
+        values = torch.tensor([[sign * _measure(run[e], measure) for e in epochs] for run in runs])
+        means = values.mean(0)
+        best = int(means.argmax())
+        diff = values[:, best] - values[:, -1]
+        halves = (values[0::2], values[1::2]) if len(runs) > 1 else (values, values)
+        held_out = [
+            float(scored[:, int(chooser.mean(0).argmax())].mean() - scored[:, -1].mean())
+            for chooser, scored in (halves, halves[::-1])
+        ]
+        out[measure] = {
+            "last": sign * float(means[-1]),
+            "best_epoch": float(int(epochs[best].split("_")[1])),
+            "best": sign * float(means[best]),
+            "lead": float(diff.mean()),
+            "lead_se": float(diff.std() / len(runs) ** 0.5) if len(runs) > 1 else float("nan"),
+            "held_out_lead": sum(held_out) / 2,
+            "better": better,
+        }
+    return out
+
+
+def _epoch_folders(run: str) -> list[Path]:
+    """The ``epoch_<NNN>`` folders of a run's log_dir (or of its ``featvis/`` folder); none is an error."""
+    folder = Path(run) / "featvis" if (Path(run) / "featvis").is_dir() else Path(run)
     epochs = sorted(p for p in folder.glob("epoch_[0-9][0-9][0-9]") if p.is_dir())
     if not epochs:
         raise FileNotFoundError(
             f"no epoch_<NNN> folders in {folder}; pass a run's log_dir (holding featvis/epoch_000/ ...)."
         )
+    return epochs
+
+
+def _score_per_epoch(epochs: list[Path], context: dict, k: int) -> dict[str, dict]:
+    """Each ``epoch_<NNN>`` folder scored like ``score``."""
+    results: dict[str, dict] = {}
+    for path in epochs:
+        images, targets, _ = load_png_folder(path, context["class_names"], skip_others=True)
+        rgb, classes = as_render(images, targets)
+        results[path.name] = quality_scores(
+            rgb,
+            classes,
+            context["references"],
+            context["real"],
+            context["spectrum"],
+            real_features=context["cache"],
+            k=k,
+        )
+    return results
+
+
+def _epoch_row(label: str, scores: dict) -> str:
+    return (
+        f"| {label} | {scores['transfer']['mean']:.3f} | {scores['target_prob']:.3f} | "
+        f"{scores['spectral_gap']:.3f} | {scores['plausibility']['mean']:.2f} | "
+        f"{scores['colour_distance']:.3f} | {scores['diversity_vs_real']:.2f} |"
+    )
+
+
+def _mean_scores(runs: list[dict], epoch: str) -> dict:
+    def mean(key: str, sub: str | None = None) -> float:
+        return sum(float(r[epoch][key][sub] if sub else r[epoch][key]) for r in runs) / len(runs)
+
+    return {
+        "transfer": {"mean": mean("transfer", "mean")},
+        "plausibility": {"mean": mean("plausibility", "mean")},
+        **{key: mean(key) for key in ("target_prob", "spectral_gap", "colour_distance", "diversity_vs_real")},
+    }
+
+
+def _cmd_score_run(args: argparse.Namespace) -> dict:
     if not args.refs:
         raise ValueError(
             "score-run needs --refs: transfer, target probability and plausibility come from them."
         )
+    folders = [_epoch_folders(run) for run in args.run]  # every run is checked before the slow scoring starts
     real_images, real_labels, class_names = real_test_set(args.data_dir)
-    references = load_references(args.refs)
-    spectrum = reference_spectrum(real_images, real_images.shape[-1])
-    cache: dict[str, Tensor] = {}
-    results: dict[str, dict] = {}
-    lines = [
+    context = {
+        "class_names": class_names,
+        "references": load_references(args.refs),
+        "real": (real_images, real_labels),
+        "spectrum": reference_spectrum(real_images, real_images.shape[-1]),
+        "cache": {},
+    }
+    header = [
         "| epoch | transfer | target prob. | spectral gap | plausibility | colour distance | diversity vs real |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for path in epochs:
-        images, targets, _ = load_png_folder(path, class_names, skip_others=True)
-        rgb, classes = as_render(images, targets)
-        scores = quality_scores(
-            rgb, classes, references, (real_images, real_labels), spectrum, real_features=cache, k=args.k
+    runs = []
+    for epochs in folders:
+        runs.append(_score_per_epoch(epochs, context, args.k))
+        rows = [_epoch_row(str(int(name.split("_")[1])), scores) for name, scores in runs[-1].items()]
+        title = f"visualisations of {epochs[0].parent}, per epoch (epoch 0: before training)"
+        print("\n".join([title, "", *header, *rows]))
+    if len(runs) == 1:
+        write_json(runs[0], args.json)
+        return runs[0]
+    epochs = sorted(set.intersection(*(set(run) for run in runs)))
+    runs = [{epoch: run[epoch] for epoch in epochs} for run in runs]
+    means = {epoch: _mean_scores(runs, epoch) for epoch in epochs}
+    rows = [_epoch_row(str(int(epoch.split("_")[1])), scores) for epoch, scores in means.items()]
+    print("\n".join(["", f"mean of {len(runs)} runs (render seeds), per epoch", "", *header, *rows]))
+    comparison = last_against_best(runs) if len(epochs) > 2 else {}
+    if comparison:
+        print(
+            f"\nthe last epoch against the best one, {len(runs)} runs; lead: how much better the best epoch is"
         )
-        results[path.name] = scores
-        lines.append(
-            f"| {int(path.name.split('_')[1])} | {scores['transfer']['mean']:.3f} | {scores['target_prob']:.3f} | "
-            f"{scores['spectral_gap']:.3f} | {scores['plausibility']['mean']:.2f} | "
-            f"{scores['colour_distance']:.3f} | {scores['diversity_vs_real']:.2f} |"
-        )
-        print(lines[-1], flush=True)
-    print("\n".join([f"visualisations of {folder}, per epoch (epoch 0: before training)", "", *lines]))
-    write_json(results, args.json)
-    return results
+        print("| measure | last epoch | best epoch | its mean | lead (SE) | held-out lead |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for measure, c in comparison.items():
+            print(
+                f"| {measure} ({c['better']} is better) | {c['last']:.3f} | {int(c['best_epoch'])} | "
+                f"{c['best']:.3f} | {c['lead']:.3f} ({c['lead_se']:.3f}) | {c['held_out_lead']:.3f} |"
+            )
+    result = {"runs": runs, "mean": means, "last_against_best": comparison}
+    write_json(result, args.json)
+    return result
 
 
 def _cmd_score_real(args: argparse.Namespace) -> dict:
@@ -339,7 +450,13 @@ def build_parser() -> argparse.ArgumentParser:
                 "--ckpt", help="featvis checkpoint the images came from (adds robustness, diversity)"
             )
         elif name == "score-run":
-            cmd.add_argument("--run", required=True, help="the run's log_dir (or its featvis/ folder)")
+            cmd.add_argument(
+                "--run",
+                required=True,
+                nargs="+",
+                help="the run's log_dir (or its featvis/ folder); several (the same epochs rendered with other "
+                "seeds) add their mean per epoch and the last epoch against the best",
+            )
         elif name == "score-real":
             cmd.add_argument("--per-class", type=int, default=4, help="real test images per class")
             cmd.add_argument("--seed", type=int, default=0)

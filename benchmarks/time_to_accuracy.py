@@ -48,6 +48,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import REPO, machine_label, make_parser, run_featvis_fit, run_script, sync, write_json
+from featvis import allocator
 from featvis.cifar import CIFAR10_FOLDER, read_split
 
 DEFAULT_ANCHOR = Path("../shared/anchors/airbench94_cpu.py")
@@ -68,6 +69,24 @@ FLOAT32_SHIM = (
     "sys.argv = sys.argv[1:]\n"
     "runpy.run_path(sys.argv[0], run_name='__main__')\n"
 )
+
+# Prepended to the anchor's launcher when it reuses freed host memory as `featvis fit` does (featvis.allocator):
+# set in its own process, after torch is imported, as the featvis command line sets it.
+KEEP_MEMORY_SHIM = "import torch\nfrom featvis.allocator import keep_freed_memory\nkeep_freed_memory()\n"
+
+
+def anchor_launcher(float32: bool, keep_memory: bool) -> list[str]:
+    """The interpreter command that runs the anchor script (its path and arguments follow).
+
+    Args:
+        float32: disable its bf16 autocast (:data:`FLOAT32_SHIM`).
+        keep_memory: reuse freed host memory in its process (:data:`KEEP_MEMORY_SHIM`), as ``featvis fit`` does.
+    """
+    if not (float32 or keep_memory):
+        return [sys.executable]
+    run = "import runpy, sys\nsys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')\n"
+    shim = (KEEP_MEMORY_SHIM if keep_memory else "") + (FLOAT32_SHIM if float32 else run)
+    return [sys.executable, "-c", shim]
 
 
 def conv_throughput(
@@ -169,7 +188,12 @@ def anchor_network(path: str | Path, widths: Sequence[int] | None = None) -> tup
 
 
 def run_anchor(
-    path: Path, data_dir: Path, epochs: float, widths: Sequence[int] | None, float32: bool = False
+    path: Path,
+    data_dir: Path,
+    epochs: float,
+    widths: Sequence[int] | None,
+    float32: bool = False,
+    keep_memory: bool = False,
 ) -> dict[str, Any]:
     """Run the anchor script as a subprocess, echo its lines, and parse its per-epoch lines and final JSON line.
 
@@ -179,6 +203,7 @@ def run_anchor(
         epochs: its ``--epochs``.
         widths: its ``--widths``; None keeps the script's.
         float32: run it with autocast disabled (:data:`FLOAT32_SHIM`) instead of its bf16 autocast.
+        keep_memory: its process reuses freed host memory (:data:`KEEP_MEMORY_SHIM`).
 
     Returns:
         ``wall_seconds`` (the whole process), ``accuracy`` per epoch (1 view), ``train_seconds`` (its own,
@@ -187,8 +212,14 @@ def run_anchor(
     Raises:
         RuntimeError: the script failed or printed no final JSON line.
     """
-    launcher = [sys.executable, "-c", FLOAT32_SHIM] if float32 else [sys.executable]
-    command = [*launcher, str(path), "--data", str(data_dir), "--epochs", str(epochs)]
+    command = [
+        *anchor_launcher(float32, keep_memory),
+        str(path),
+        "--data",
+        str(data_dir),
+        "--epochs",
+        str(epochs),
+    ]
     if widths:
         command += ["--widths", *map(str, widths)]
     accuracy: list[float] = []
@@ -283,10 +314,10 @@ def _featvis_args(args: argparse.Namespace) -> list[str]:
     return extra + shlex.split(args.fit_args)
 
 
-def _anchor_run(args: argparse.Namespace, script: Path, float32: bool) -> dict[str, Any]:
+def _anchor_run(args: argparse.Namespace, script: Path, float32: bool, keep_memory: bool) -> dict[str, Any]:
     """Run ``script`` (the anchor, or its CUDA copy) and add its rates and FLOPs per step to :func:`run_anchor`'s."""
     net, hyp = anchor_network(args.anchor, args.widths)
-    anchor = run_anchor(script, args.data, args.anchor_epochs, args.widths, float32)
+    anchor = run_anchor(script, args.data, args.anchor_epochs, args.widths, float32, keep_memory)
     train_images = read_split(args.data / CIFAR10_FOLDER, train=True)[1].numel()
     steps = math.ceil(train_images // hyp["bs"] * args.anchor_epochs)
     anchor["train_total_seconds"] = anchor["train_seconds"]
@@ -294,6 +325,7 @@ def _anchor_run(args: argparse.Namespace, script: Path, float32: bool) -> dict[s
     anchor["images_per_second"] = steps * hyp["bs"] / anchor["train_seconds"]
     anchor["flops_per_step"] = training_step_flops(net, int(hyp["bs"]))
     anchor["precision"] = "float32 (autocast off)" if float32 else "bf16 autocast"
+    anchor["keeps_freed_memory"] = keep_memory
     return anchor
 
 
@@ -329,6 +361,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default="auto",
         help="the anchor's bf16 autocast, or float32 with autocast disabled; auto: bf16 where the CPU (or a GPU) "
         "has native bf16, else float32, the precision featvis fit trains in there",
+    )
+    parser.add_argument(
+        "--anchor-memory",
+        choices=("same", "system"),
+        default="same",
+        help="same (default): the anchor's process reuses freed host memory exactly when featvis fit's does "
+        "(featvis.allocator; FEATVIS_KEEP_FREED_MEMORY=0 turns both off); system: glibc's malloc as it comes",
     )
     parser.add_argument("--max-train-batches", type=int, default=None, help="featvis limit_train_batches")
     parser.add_argument("--max-eval-batches", type=int, default=None, help="featvis limit_val_batches")
@@ -366,11 +405,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.anchor_precision == "auto" and device.type == "cpu" and not machine["native_bf16"]
     )
     accelerator = ["--trainer.accelerator", "gpu" if device.type == "cuda" else "cpu"]
+    # featvis fit (in this process) applies featvis.allocator unless the environment turns it off; the anchor
+    # gets the same, so that the two runs differ by their code and not by the C library's settings.
+    keep_memory = args.anchor_memory == "same" and allocator.enabled()
     with tempfile.TemporaryDirectory(prefix="featvis-tta-") as scratch:
         # The anchor's CUDA copy is made first: a changed anchor script fails before any training.
         script = None if args.skip_anchor else anchor_for(args.anchor, device, Path(scratch))
         ours, cli = run_featvis_fit(args.data, args.log_dir or scratch, accelerator + _featvis_args(args))
-        anchor = None if script is None else _anchor_run(args, script, anchor_float32)
+        anchor = None if script is None else _anchor_run(args, script, anchor_float32, keep_memory)
     ours["train_total_seconds"] = sum(ours["train_seconds"])
     ours["steps_per_second"] = sum(ours["steps"]) / ours["train_total_seconds"]
     ours["images_per_second"] = sum(ours["images"]) / ours["train_total_seconds"]
@@ -397,6 +439,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if anchor is not None:
         table.append(_row(f"anchor {args.anchor.name}", anchor["precision"], anchor, peak))
     table.append("")
+    featvis_memory = "reuses freed host memory" if allocator.enabled() else "uses glibc's malloc as it comes"
+    same = keep_memory == allocator.enabled()
+    anchor_memory = (
+        "" if anchor is None else (", and so does the anchor" if same else ", the anchor does not")
+    )
+    table.append(f"Host memory: featvis {featvis_memory} (featvis.allocator){anchor_memory}")
     for name, conv in peak.items():
         table.append(
             f"Peak: 3x3 conv {channels}->{channels} on {batch}x{side}x{side}, channels_last, {name}: "

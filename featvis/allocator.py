@@ -35,7 +35,7 @@ def keep_freed_memory() -> bool:
     Returns:
         True when applied; False where the C library is not glibc (macOS, musl, Windows), which is left as it is.
     """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not _glibc():
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     # Both calls return 1 on success. Large blocks then come from the heap, which is never trimmed, so a freed
@@ -49,6 +49,17 @@ def keep_freed_memory_unless_disabled() -> bool:
     Returns:
         Whether the setting was applied.
     """
-    if os.environ.get(ENV, "1").strip() == "0":
-        return False
-    return keep_freed_memory()
+    return keep_freed_memory() if enabled() else False
+
+
+def enabled() -> bool:
+    """Whether :func:`keep_freed_memory_unless_disabled` applies the setting here: glibc, and not turned off.
+
+    Returns:
+        False where the C library is not glibc or ``FEATVIS_KEEP_FREED_MEMORY`` is ``0``.
+    """
+    return os.environ.get(ENV, "1").strip() != "0" and _glibc()
+
+
+def _glibc() -> bool:
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"

@@ -62,7 +62,7 @@ from featvis.engine.checks import check_bool, check_int
 from featvis.hidden import ChannelSheets, SheetConfig
 from featvis.outputs import RenderOutputs, WarnOnce
 from featvis.scoring import RunScorer
-from featvis.shards import gather_render, shard
+from featvis.shards import destroy_process_group_at_exit, gather_render, shard
 from featvis.targets import Target, TargetSpec, image_size_of
 from featvis.timeline import Timeline
 
@@ -201,6 +201,8 @@ class FeatureVisCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        if trainer.world_size > 1:
+            destroy_process_group_at_exit()  # gloo's exit can abort the process after the run (featvis.shards)
         for name in (self.layer, self.config.diversity_layer):
             if name is not None:
                 resolve_layer(pl_module, name)  # unknown layer -> ValueError naming the closest layers

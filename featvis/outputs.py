@@ -120,6 +120,10 @@ class RenderOutputs:
         sheets = sheets or {}
         if self.save_png:
             self._write_pngs(log_dir / self.prefix / f"epoch_{epoch:03d}", rgb, tags, sheets)
+        # Scalars first: the flush after a TensorBoard logger's pictures (``_show``) then writes them too, so a
+        # TensorBoard watching the run shows an epoch's numbers with its pictures, not minutes later.
+        for logger in loggers:
+            logger.log_metrics({**scalars, "epoch": epoch}, step=step)
         shown = self._image_loggers(loggers, log_dir)
         if shown:  # the pictures are made once, for every logger that shows them
             scale = self.scale(rgb.shape[-1])
@@ -131,8 +135,6 @@ class RenderOutputs:
             pictures.append((f"{self.prefix}/all", img.grid(rgb, scale=scale, padding=2), caption))
             pictures += [(f"{self.prefix}/{name}", sheet, name) for name, sheet in sheets.items()]
             self._show(shown, log_dir, step, pictures)
-        for logger in loggers:
-            logger.log_metrics({**scalars, "epoch": epoch}, step=step)
 
     def log_timeline(
         self,

@@ -8,11 +8,13 @@ is a plain render.
 
 from __future__ import annotations
 
+import atexit
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import lightning.pytorch as pl
 import torch
+import torch.distributed as dist
 
 from featvis.engine import RenderResult
 
@@ -63,4 +65,26 @@ def gather_render(
     return out
 
 
-__all__ = ["gather_render", "shard"]
+_exit_hook_registered = False
+
+
+def destroy_process_group_at_exit() -> None:
+    """Destroy the default process group when the interpreter exits, while Python is still whole (once a process).
+
+    Lightning registers this for NCCL only. A gloo group left to interpreter finalisation can still hold the
+    tensors of finished collectives (ours: the render gathers) in its C++ worker threads; freeing them then takes
+    a GIL that is gone, and the process dies with SIGABRT ("terminate called without an active exception") after
+    the run has finished, failing ``ddp_spawn``'s join. The hook does nothing if the group is already destroyed.
+    """
+    global _exit_hook_registered
+    if not _exit_hook_registered:
+        _exit_hook_registered = True
+        atexit.register(_destroy_if_initialised)
+
+
+def _destroy_if_initialised() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+__all__ = ["destroy_process_group_at_exit", "gather_render", "shard"]

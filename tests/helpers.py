@@ -214,3 +214,21 @@ def correlated_colour(count: int, shared: float) -> ColourTransform:
     base = torch.rand(count, 1, 8, 8, generator=generator)
     pixels = (shared * base + (1 - shared) * torch.rand(count, 3, 8, 8, generator=generator)) * 255
     return ColourTransform.from_pixels(pixels.to(torch.uint8))
+
+
+# Allocates and frees a 64 MiB tensor (above glibc's largest mmap threshold) and prints the minor page faults of
+# each later allocation: as it comes, every one is a fresh mapping (16,384 pages of 4 KiB to fault in).
+FAULTS_SCRIPT = """
+import resource, sys, torch
+from featvis.allocator import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(2):
+    x = torch.ones(16 * 2**20); del x
+before = faults()
+for _ in range(3):
+    x = torch.ones(16 * 2**20); del x
+print((faults() - before) / 3)
+"""

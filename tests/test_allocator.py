@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import FAULTS_SCRIPT
 
 from featvis import allocator
 
@@ -14,26 +15,11 @@ glibc_only = pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's"
 )
 
-# Allocates and frees a 64 MiB tensor (above glibc's largest mmap threshold) and prints the minor page faults of
-# each later allocation: as it comes, every one is a fresh mapping (16,384 pages of 4 KiB to fault in).
-_FAULTS = """
-import resource, sys, torch
-from featvis.allocator import keep_freed_memory
-if sys.argv[1] == "keep":
-    assert keep_freed_memory()
-def faults():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(2):
-    x = torch.ones(16 * 2**20); del x
-before = faults()
-for _ in range(3):
-    x = torch.ones(16 * 2**20); del x
-print((faults() - before) / 3)
-"""
-
 
 def _faults(setting: str) -> float:
-    out = subprocess.run([sys.executable, "-c", _FAULTS, setting], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", FAULTS_SCRIPT, setting], capture_output=True, text=True, check=True
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 

@@ -319,6 +319,12 @@ def test_cli_score_run_scores_each_epoch_folder_like_score_and_skips_channel_she
     assert alone["target_prob"] == pytest.approx(float(torch.stack(probs).mean()), abs=1e-6)
     with pytest.raises(FileNotFoundError, match="no epoch_<NNN> folders"):
         quality.main(["score-run", "--run", str(tmp_path / "alone"), *common_args])
+    # Two runs (the same renders twice): each run's numbers, and their mean per epoch.
+    both = quality.main(["score-run", "--run", str(run), str(run / "featvis"), *common_args])
+    assert both["runs"] == [per_epoch, per_epoch]
+    assert both["mean"]["epoch_002"]["target_prob"] == pytest.approx(alone["target_prob"])
+    assert both["mean"]["epoch_002"]["plausibility"]["mean"] == pytest.approx(alone["plausibility"]["mean"])
+    assert both["last_against_best"] == {}  # one trained epoch: nothing to compare the last one with
 
 
 def test_as_render_groups_equal_classes_into_rows():
@@ -575,3 +581,52 @@ def test_references_of_the_same_file_name_keep_apart(tmp_path, tiny_ckpt, bigger
         k=2,
     )
     assert len(scores["transfer"]) == 4  # three readers and their mean
+
+
+def _runs(table: dict[str, list[list[float]]]) -> list[dict[str, dict]]:
+    """Per-seed score dicts from ``{measure: [[epoch 1, epoch 2, ...] per seed]}`` (epoch 0 is added, untrained)."""
+    seeds = len(next(iter(table.values())))
+    runs = []
+    for seed in range(seeds):
+        epochs = len(next(iter(table.values()))[seed])
+        run = {"epoch_000": {"target_prob": 1.0, "spectral_gap": 0.0, "plausibility": {"mean": 0.0}}}
+        for e in range(epochs):
+            run[f"epoch_{e + 1:03d}"] = {
+                "target_prob": table["target_prob"][seed][e],
+                "spectral_gap": table["spectral_gap"][seed][e],
+                "plausibility": {"mean": table["plausibility"][seed][e]},
+            }
+        runs.append(run)
+    return runs
+
+
+def test_last_against_best_finds_a_real_lead_in_either_direction_and_ignores_epoch_0():
+    flat = [[0.5, 0.5, 0.5]] * 4
+    runs = _runs(
+        {
+            "target_prob": [[0.6, 0.9, 0.8], [0.6, 0.9, 0.8], [0.6, 0.9, 0.8], [0.6, 0.9, 0.8]],
+            "spectral_gap": flat,
+            "plausibility": [[0.7, 0.6, 0.9], [0.7, 0.6, 0.9], [0.7, 0.6, 0.9], [0.7, 0.6, 0.9]],
+        }
+    )
+    result = quality.last_against_best(runs)
+    # Epoch 2 leads by 0.1 on target probability and by 0.3 on plausibility (lower is better), on every seed.
+    assert result["target_prob"]["best_epoch"] == 2 and result["target_prob"]["last"] == pytest.approx(0.8)
+    assert result["target_prob"]["lead"] == pytest.approx(0.1)
+    assert result["target_prob"]["held_out_lead"] == pytest.approx(0.1)
+    assert result["target_prob"]["lead_se"] == pytest.approx(0.0, abs=1e-7)
+    assert result["plausibility"]["best_epoch"] == 2 and result["plausibility"]["best"] == pytest.approx(0.6)
+    assert result["plausibility"]["lead"] == pytest.approx(0.3)
+    assert result["plausibility"]["held_out_lead"] == pytest.approx(0.3)
+    # All trained epochs equal: the last one is the best (epoch 0's perfect scores do not count).
+    assert result["spectral_gap"]["lead"] == 0 and result["spectral_gap"]["held_out_lead"] == 0
+
+
+def test_last_against_best_held_out_lead_sees_through_a_lucky_epoch():
+    # Seeds 0 and 2 favour epoch 1, seeds 1 and 3 epoch 2; on the seeds that did not choose it, neither beats
+    # the last epoch. The plain best-of-epochs lead is 0.2; the split-half lead is 0.
+    lucky = [[0.9, 0.5, 0.5], [0.5, 0.9, 0.5], [0.9, 0.5, 0.5], [0.5, 0.9, 0.5]]
+    runs = _runs({"target_prob": lucky, "spectral_gap": [[0.3] * 3] * 4, "plausibility": [[0.7] * 3] * 4})
+    result = quality.last_against_best(runs)["target_prob"]
+    assert result["lead"] == pytest.approx(0.2)
+    assert result["held_out_lead"] == pytest.approx(0.0)

@@ -4,6 +4,7 @@ anchor's network and (slow) a smoke run of the anchor itself, and the GPU check'
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import write_cifar_folder
+from helpers import FAULTS_SCRIPT, write_cifar_folder
 from torch import nn
 
 import benchmarks.gpu_check as gpu_check
@@ -203,3 +204,18 @@ def test_gpu_check_refuses_a_machine_without_cuda_in_one_line(
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith("error: benchmarks.gpu_check needs a CUDA GPU")
     assert not list(tmp_path.iterdir())  # stopped before any work
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_the_anchor_launcher_reuses_freed_memory_only_when_asked(tmp_path: Path) -> None:
+    # The allocator test's script as the "anchor": told "system", it leaves malloc alone itself, so only the
+    # launcher can make its freed 64 MiB blocks come back without faulting their pages in again.
+    script = tmp_path / "faults.py"
+    script.write_text(FAULTS_SCRIPT)
+    faults = {}
+    for keep in (False, True):
+        command = [*tta.anchor_launcher(float32=False, keep_memory=keep), str(script), "system"]
+        out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO)
+        faults[keep] = float(out.stdout.strip().splitlines()[-1])
+    assert faults[False] > 8_000
+    assert faults[True] < 0.05 * faults[False]
