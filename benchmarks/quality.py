@@ -256,6 +256,56 @@ def last_against_best(runs: list[dict[str, dict]]) -> dict[str, dict[str, float 
     return out
 
 
+def at_equal_diversity(runs: list[dict[str, dict]]) -> dict[str, dict[str, float | str]]:
+    """Each epoch's measures at the run's mean diversity: the last epoch against the best one, diversity held equal.
+
+    Within one epoch (one model) the render seeds differ only in their draw, and a seed whose four pictures of a
+    class spread further apart scores lower on recognisability and plausibility. So an epoch whose pictures came
+    out more diverse looks worse on those measures for that reason alone. Per measure, a straight line on
+    ``diversity_vs_real`` is fitted to the seed-to-seed differences within each epoch (its slope is the same for
+    every epoch; the epochs' own levels are free), and every picture set is moved along it to the mean diversity
+    of the run before the epochs are compared.
+
+    Args:
+        runs: one dict per render seed, ``{"epoch_NNN": scores}`` as :func:`_cmd_score_run` returns for one run;
+            every run has the same epochs, at least two runs (epoch 0, before training, is left out).
+
+    Returns:
+        Per measure of :data:`EPOCH_MEASURES`: ``within_r`` (correlation with diversity within an epoch),
+        ``per_tenth`` (change of the measure per +0.1 diversity), ``last`` and ``best`` (epoch means at equal
+        diversity), ``best_epoch``, ``lead`` (how much better the best epoch is, >= 0), ``lead_se`` (standard
+        error of that paired difference) and ``better``.
+    """
+    epochs = sorted(name for name in runs[0] if name != "epoch_000")
+    diversity = torch.tensor([[_measure(run[e], "diversity_vs_real") for e in epochs] for run in runs])
+    spread = diversity - diversity.mean(0)  # within-epoch differences between seeds
+    out: dict[str, dict[str, float | str]] = {}
+    for measure, better in EPOCH_MEASURES.items():
+        values = torch.tensor([[_measure(run[e], measure) for e in epochs] for run in runs])
+        deviation = values - values.mean(0)
+        ss = float((spread * spread).sum())
+        slope = float((spread * deviation).sum()) / ss if ss > 0 else 0.0
+        norm = ss * float((deviation * deviation).sum())
+        level = values - slope * (
+            diversity - diversity.mean()
+        )  # (seeds, epochs), at the run's mean diversity
+        sign = 1.0 if better == "higher" else -1.0
+        means = sign * level.mean(0)
+        best = int(means.argmax())
+        diff = sign * (level[:, best] - level[:, -1])
+        out[measure] = {
+            "within_r": float((spread * deviation).sum()) / norm**0.5 if norm > 0 else float("nan"),
+            "per_tenth": 0.1 * slope,
+            "last": float(level[:, -1].mean()),
+            "best_epoch": float(int(epochs[best].split("_")[1])),
+            "best": float(level[:, best].mean()),
+            "lead": float(diff.mean()),
+            "lead_se": float(diff.std() / len(runs) ** 0.5),
+            "better": better,
+        }
+    return out
+
+
 def _epoch_folders(run: str) -> list[Path]:
     """The ``epoch_<NNN>`` folders of a run's log_dir (or of its ``featvis/`` folder); none is an error."""
     folder = Path(run) / "featvis" if (Path(run) / "featvis").is_dir() else Path(run)
@@ -348,7 +398,22 @@ def _cmd_score_run(args: argparse.Namespace) -> dict:
                 f"| {measure} ({c['better']} is better) | {c['last']:.3f} | {int(c['best_epoch'])} | "
                 f"{c['best']:.3f} | {c['lead']:.3f} ({c['lead_se']:.3f}) | {c['held_out_lead']:.3f} |"
             )
-    result = {"runs": runs, "mean": means, "last_against_best": comparison}
+    matched = at_equal_diversity(runs) if comparison else {}
+    if matched:
+        print(
+            "\nat equal diversity (each picture set moved along the within-epoch line on diversity vs real to the"
+            " run's mean diversity)"
+        )
+        print(
+            "| measure | r with diversity | per +0.1 diversity | last epoch | best epoch | its level | lead (SE) |"
+        )
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for measure, c in matched.items():
+            print(
+                f"| {measure} ({c['better']} is better) | {c['within_r']:.2f} | {c['per_tenth']:+.4f} | "
+                f"{c['last']:.3f} | {int(c['best_epoch'])} | {c['best']:.3f} | {c['lead']:.3f} ({c['lead_se']:.3f}) |"
+            )
+    result = {"runs": runs, "mean": means, "last_against_best": comparison, "at_equal_diversity": matched}
     write_json(result, args.json)
     return result
 

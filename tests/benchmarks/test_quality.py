@@ -584,17 +584,26 @@ def test_references_of_the_same_file_name_keep_apart(tmp_path, tiny_ckpt, bigger
 
 
 def _runs(table: dict[str, list[list[float]]]) -> list[dict[str, dict]]:
-    """Per-seed score dicts from ``{measure: [[epoch 1, epoch 2, ...] per seed]}`` (epoch 0 is added, untrained)."""
+    """Per-seed score dicts from ``{measure: [[epoch 1, epoch 2, ...] per seed]}`` (epoch 0 is added, untrained;
+    ``diversity_vs_real`` is 0.5 everywhere unless the table gives it)."""
     seeds = len(next(iter(table.values())))
     runs = []
     for seed in range(seeds):
         epochs = len(next(iter(table.values()))[seed])
-        run = {"epoch_000": {"target_prob": 1.0, "spectral_gap": 0.0, "plausibility": {"mean": 0.0}}}
+        run = {
+            "epoch_000": {
+                "target_prob": 1.0,
+                "spectral_gap": 0.0,
+                "plausibility": {"mean": 0.0},
+                "diversity_vs_real": 0.0,
+            }
+        }
         for e in range(epochs):
             run[f"epoch_{e + 1:03d}"] = {
                 "target_prob": table["target_prob"][seed][e],
                 "spectral_gap": table["spectral_gap"][seed][e],
                 "plausibility": {"mean": table["plausibility"][seed][e]},
+                "diversity_vs_real": table.get("diversity_vs_real", [[0.5] * epochs] * seeds)[seed][e],
             }
         runs.append(run)
     return runs
@@ -630,3 +639,35 @@ def test_last_against_best_held_out_lead_sees_through_a_lucky_epoch():
     result = quality.last_against_best(runs)["target_prob"]
     assert result["lead"] == pytest.approx(0.2)
     assert result["held_out_lead"] == pytest.approx(0.0)
+
+
+def test_at_equal_diversity_separates_an_epochs_level_from_its_seeds_diversity():
+    # Every picture set scores level(epoch) - 0.2 * diversity on target probability and level + 0.5 * diversity on
+    # plausibility. The last epoch's level is the best (0.95 against 0.93 and 0.90), but its seeds drew more
+    # diverse pictures, so its plain mean is the lowest and the plain comparison names epoch 1.
+    diversity = [[0.3, 0.4, 0.7], [0.5, 0.6, 0.9], [0.4, 0.5, 0.8]]
+    levels = [0.93, 0.90, 0.95]
+    target = [[lv - 0.2 * d for lv, d in zip(levels, seed, strict=True)] for seed in diversity]
+    plaus = [[0.8 - lv + 0.5 * d for lv, d in zip(levels, seed, strict=True)] for seed in diversity]
+    runs = _runs(
+        {
+            "target_prob": target,
+            "spectral_gap": [[0.25, 0.2, 0.3]] * 3,
+            "plausibility": plaus,
+            "diversity_vs_real": diversity,
+        }
+    )
+    plain = quality.last_against_best(runs)
+    assert plain["target_prob"]["best_epoch"] == 1 and plain["target_prob"]["lead"] > 0.03
+    matched = quality.at_equal_diversity(runs)
+    for measure, slope in (("target_prob", -0.02), ("plausibility", 0.05)):
+        assert matched[measure]["best_epoch"] == 3, measure
+        assert matched[measure]["lead"] == pytest.approx(0.0, abs=1e-6)
+        assert matched[measure]["per_tenth"] == pytest.approx(slope, rel=1e-4)
+        assert abs(matched[measure]["within_r"]) == pytest.approx(1.0, rel=1e-5)
+    # Moved to the run's mean diversity (0.5667), the last epoch's target probability is its level less 0.2 x that.
+    assert matched["target_prob"]["last"] == pytest.approx(0.95 - 0.2 * 17 / 30, rel=1e-5)
+    # A measure that does not move with diversity keeps its plain comparison: epoch 2 has the lowest gap.
+    assert matched["spectral_gap"]["best_epoch"] == 2
+    assert matched["spectral_gap"]["lead"] == pytest.approx(0.1, rel=1e-5)
+    assert matched["spectral_gap"]["per_tenth"] == pytest.approx(0.0, abs=1e-7)
