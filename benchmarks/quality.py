@@ -214,6 +214,11 @@ def _measure(scores: dict, name: str) -> float:
     return float(value["mean"] if isinstance(value, dict) else value)
 
 
+def _seed_epoch_table(runs: list[dict[str, dict]], epochs: list[str], name: str) -> torch.Tensor:
+    """``(seeds, epochs)``: one measure of every run at every epoch."""
+    return torch.tensor([[_measure(run[e], name) for e in epochs] for run in runs])
+
+
 def last_against_best(runs: list[dict[str, dict]]) -> dict[str, dict[str, float | str]]:
     """Whether the last epoch's pictures are as good as the run's best epoch's, over several render seeds.
 
@@ -235,7 +240,7 @@ def last_against_best(runs: list[dict[str, dict]]) -> dict[str, dict[str, float 
     for measure, better in EPOCH_MEASURES.items():
         sign = 1.0 if better == "higher" else -1.0
         # (seeds, epochs) with higher = better, so that one formula serves both directions.
-        values = torch.tensor([[sign * _measure(run[e], measure) for e in epochs] for run in runs])
+        values = sign * _seed_epoch_table(runs, epochs, measure)
         means = values.mean(0)
         best = int(means.argmax())
         diff = values[:, best] - values[:, -1]
@@ -277,11 +282,11 @@ def at_equal_diversity(runs: list[dict[str, dict]]) -> dict[str, dict[str, float
         error of that paired difference) and ``better``.
     """
     epochs = sorted(name for name in runs[0] if name != "epoch_000")
-    diversity = torch.tensor([[_measure(run[e], "diversity_vs_real") for e in epochs] for run in runs])
+    diversity = _seed_epoch_table(runs, epochs, "diversity_vs_real")
     spread = diversity - diversity.mean(0)  # within-epoch differences between seeds
     out: dict[str, dict[str, float | str]] = {}
     for measure, better in EPOCH_MEASURES.items():
-        values = torch.tensor([[_measure(run[e], measure) for e in epochs] for run in runs])
+        values = _seed_epoch_table(runs, epochs, measure)
         deviation = values - values.mean(0)
         ss = float((spread * spread).sum())
         slope = float((spread * deviation).sum()) / ss if ss > 0 else 0.0
