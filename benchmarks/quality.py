@@ -288,18 +288,17 @@ def at_equal_diversity(runs: list[dict[str, dict]]) -> dict[str, dict[str, float
     for measure, better in EPOCH_MEASURES.items():
         values = _seed_epoch_table(runs, epochs, measure)
         deviation = values - values.mean(0)
-        ss = float((spread * spread).sum())
-        slope = float((spread * deviation).sum()) / ss if ss > 0 else 0.0
+        ss, covariance = float((spread * spread).sum()), float((spread * deviation).sum())
+        slope = covariance / ss if ss > 0 else 0.0
         norm = ss * float((deviation * deviation).sum())
-        level = values - slope * (
-            diversity - diversity.mean()
-        )  # (seeds, epochs), at the run's mean diversity
+        # (seeds, epochs), every picture set moved to the run's mean diversity.
+        level = values - slope * (diversity - diversity.mean())
         sign = 1.0 if better == "higher" else -1.0
         means = sign * level.mean(0)
         best = int(means.argmax())
         diff = sign * (level[:, best] - level[:, -1])
         out[measure] = {
-            "within_r": float((spread * deviation).sum()) / norm**0.5 if norm > 0 else float("nan"),
+            "within_r": covariance / norm**0.5 if norm > 0 else float("nan"),
             "per_tenth": 0.1 * slope,
             "last": float(level[:, -1].mean()),
             "best_epoch": float(int(epochs[best].split("_")[1])),

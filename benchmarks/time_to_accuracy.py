@@ -60,15 +60,16 @@ ANCHOR_DTYPE = torch.bfloat16
 #: Runs the anchor script (``sys.argv[1]``, its arguments after it) with every ``torch.autocast`` disabled, so it
 #: trains in float32 as ``featvis fit`` does on a CPU without native bf16, where bf16 is emulated and one anchor
 #: step takes tens of seconds. The script itself is not changed.
-FLOAT32_SHIM = (
-    "import runpy, sys, torch\n"
+_AUTOCAST_OFF = (
+    "import torch\n"
     "_autocast = torch.autocast\n"
     "def _off(device_type, *args, **kwargs):\n"
     "    return _autocast(device_type, enabled=False)\n"
     "torch.autocast = _off\n"
-    "sys.argv = sys.argv[1:]\n"
-    "runpy.run_path(sys.argv[0], run_name='__main__')\n"
 )
+# Runs sys.argv[1] as __main__ with the arguments after it: the end of every launcher of the anchor.
+_RUN_SCRIPT = "import runpy, sys\nsys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')\n"
+FLOAT32_SHIM = _AUTOCAST_OFF + _RUN_SCRIPT
 
 # Prepended to the anchor's launcher when it reuses freed host memory as `featvis fit` does (featvis.allocator):
 # set in its own process, after torch is imported, as the featvis command line sets it.
@@ -84,8 +85,7 @@ def anchor_launcher(float32: bool, keep_memory: bool) -> list[str]:
     """
     if not (float32 or keep_memory):
         return [sys.executable]
-    run = "import runpy, sys\nsys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')\n"
-    shim = (KEEP_MEMORY_SHIM if keep_memory else "") + (FLOAT32_SHIM if float32 else run)
+    shim = (KEEP_MEMORY_SHIM if keep_memory else "") + (_AUTOCAST_OFF if float32 else "") + _RUN_SCRIPT
     return [sys.executable, "-c", shim]
 
 
